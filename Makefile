@@ -1,0 +1,84 @@
+# lambdatorch: every command a developer or CI runs. Each target installs what it needs, so
+# `make demo` and `make test` work from a fresh clone; the second run only redoes what changed.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON_BOOT ?= python3
+VENV := .venv
+export VIRTUAL_ENV := $(CURDIR)/$(VENV)
+export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
+# tch builds against the torch package in the venv (torch==2.13.0 from PyPI).
+export LIBTORCH_USE_PYTORCH := 1
+PY := $(VENV)/bin/python
+TORCH_LIB = $(wildcard $(VENV)/lib/python3*/site-packages/torch/lib)
+FIXTURES := target/fixtures
+EFS := .efs
+
+RUST_SOURCES := Cargo.toml $(shell find src -name '*.rs' 2>/dev/null)
+PY_SOURCES := pyproject.toml $(shell find python -type f \( -name '*.py' -o -name '*.pyi' -o -name py.typed \) 2>/dev/null)
+
+.PHONY: help setup wheel develop fixtures test test-rust test-python lint fmt demo clean
+
+help:
+	@echo "make demo   - build, lay out a local EFS tree in $(EFS)/ and predict through it"
+	@echo "make test   - Rust and Python test suites (installs everything first)"
+	@echo "make lint   - rustfmt, clippy -D warnings, ruff, stubtest"
+	@echo "make wheel  - dist/lambdatorch-*.whl (no libtorch inside)"
+	@echo "make setup  - only the Python venv in $(VENV)/ (torch $(shell sed -n 's/^torch==//p' requirements-dev.txt))"
+
+# --- environment ---------------------------------------------------------------------------
+setup: $(VENV)/.setup
+$(VENV)/.setup: requirements-dev.txt
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+# --- build ---------------------------------------------------------------------------------
+wheel: dist/.wheel
+dist/.wheel: $(VENV)/.setup $(RUST_SOURCES) $(PY_SOURCES) README.md
+	rm -f dist/lambdatorch-*.whl
+	maturin build --release --out dist
+	touch $@
+
+# The wheel, installed into the venv as users install it.
+develop: $(VENV)/.lambdatorch
+$(VENV)/.lambdatorch: dist/.wheel
+	$(PY) -m pip install --quiet --no-deps --force-reinstall dist/lambdatorch-*.whl
+	touch $@
+
+fixtures: $(FIXTURES)/.done
+$(FIXTURES)/.done: scripts/make_fixtures.py $(VENV)/.setup
+	$(PY) scripts/make_fixtures.py $(FIXTURES)
+	touch $@
+
+# --- tests ---------------------------------------------------------------------------------
+test: test-rust test-python
+
+test-rust: $(VENV)/.setup $(FIXTURES)/.done
+	LD_LIBRARY_PATH=$(TORCH_LIB) LAMBDATORCH_FIXTURES=$(CURDIR)/$(FIXTURES) cargo test --release
+
+test-python: $(VENV)/.lambdatorch $(FIXTURES)/.done
+	LAMBDATORCH_FIXTURES=$(CURDIR)/$(FIXTURES) $(PY) -m pytest -q
+
+# --- lint ----------------------------------------------------------------------------------
+lint: $(VENV)/.lambdatorch
+	cargo fmt --check
+	LD_LIBRARY_PATH=$(TORCH_LIB) cargo clippy --release --all-targets --all-features -- -D warnings
+	ruff check python tests scripts demo
+	ruff format --check python tests scripts demo
+	$(PY) -m mypy.stubtest lambdatorch --ignore-missing-stub --allowlist stubtest-allowlist.txt
+
+fmt:
+	cargo fmt
+	ruff format python tests scripts demo
+	ruff check --fix python tests scripts demo
+
+# --- demo ----------------------------------------------------------------------------------
+demo: $(VENV)/.lambdatorch
+	$(PY) demo/build_efs.py $(EFS)
+	$(PY) demo/run.py $(EFS)
+
+clean:
+	rm -rf target dist $(EFS)

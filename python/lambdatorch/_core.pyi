@@ -1,0 +1,68 @@
+"""The Rust extension: model loading, preprocessing and inference through libtorch."""
+
+from os import PathLike
+from typing import Any, TypeAlias, final
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+LIBTORCH_VERSION: str
+
+_ImageLike: TypeAlias = bytes | bytearray | npt.NDArray[np.uint8]
+
+@final
+class Prediction:
+    """One class of a classification model's answer."""
+
+    @property
+    def index(self) -> int:
+        """Class index in the model's output."""
+
+    @property
+    def label(self) -> str | None:
+        """Class label from the manifest's labels, if any."""
+
+    @property
+    def score(self) -> float:
+        """Probability (softmax) or raw score, as the manifest says."""
+
+    def __new__(cls, index: int, label: str | None, score: float) -> Prediction: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    def __ne__(self, value: object, /) -> bool: ...
+    __hash__: None  # type: ignore[assignment]
+
+@final
+class Model:
+    """A loaded model, shared by every thread of the process."""
+
+    @property
+    def name(self) -> str:
+        """The model's name: its directory name."""
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The validated manifest with defaults filled in."""
+
+    def predict(self, image: _ImageLike, top_k: int | None = None) -> list[Prediction]:
+        """Classify one image: encoded bytes (JPEG, PNG, WebP, GIF, BMP) or an HxWxC uint8 array.
+
+        ``top_k`` defaults to the manifest's ``output.top_k``.
+        """
+
+    def predict_batch(
+        self, images: list[_ImageLike], top_k: int | None = None
+    ) -> list[list[Prediction]]:
+        """Classify up to ``max_batch`` images in one forward pass."""
+
+    def preprocess(self, image: _ImageLike) -> npt.NDArray[np.float32]:
+        """The model's input tensor for one image: float32, NCHW, batch 1."""
+
+    def forward(self, array: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Run the model on a float32 array; returns its raw output as float32."""
+
+def load(path: str | PathLike[str]) -> Model:
+    """Load the model at a directory or manifest path; cached per process."""
+
+def valid_model_name(name: str) -> bool:
+    """Whether ``name`` is a valid model name: 1 to 64 of ``[A-Za-z0-9._-]``, alphanumeric first."""

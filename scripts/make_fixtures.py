@@ -1,0 +1,263 @@
+"""Generate the test fixtures: TorchScript models, their model directories, and images.
+
+Run by ``make fixtures`` (into ``target/fixtures``); nothing it writes is committed. Models get
+random weights from a fixed seed; images are real photos from scikit-image's bundled sample data,
+re-encoded in the formats and sizes the tests need.
+
+Layout::
+
+    target/fixtures/
+      models/<name>/        manifest.json, model.pt, labels.txt (as the EFS tree has them)
+      images/*.jpg|png|...  test images
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from skimage import data as skdata
+
+IMAGENET = {
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+}
+
+#: Real photos shipped inside scikit-image (file name -> loader).
+PHOTOS = {
+    "astronaut": skdata.astronaut,
+    "chelsea": skdata.chelsea,
+    "coffee": skdata.coffee,
+    "rocket": skdata.rocket,
+    "motorcycle": lambda: skdata.stereo_motorcycle()[0],
+    "hubble": skdata.hubble_deep_field,
+    "retina": skdata.retina,
+}
+
+
+class TinyNet(torch.nn.Module):
+    """A small CNN: fast to load and run, enough to check numerics end to end."""
+
+    def __init__(self, channels: int = 3, classes: int = 10) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(channels, 8, 3, stride=2, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+        )
+        self.head = torch.nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.features(x), 1))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_model(
+    root: Path, name: str, module: torch.nn.Module, example: torch.Tensor, manifest: dict
+) -> Path:
+    """Trace ``module``, save it with ``manifest`` (sha256 filled in) under ``root/name``."""
+    out = root / name
+    out.mkdir(parents=True, exist_ok=True)
+    module.eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(module, example)
+    traced.save(str(out / "model.pt"))
+    manifest = {"format": "torchscript", "file": "model.pt", **manifest}
+    manifest["sha256"] = sha256(out / "model.pt")
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def calibrate_batch_norm(module: torch.nn.Module) -> None:
+    """Give random-weight batch-norm layers running statistics from random inputs.
+
+    Freshly initialised, MobileNetV3's activations vanish (its logits are ~1e-10, all classes
+    tie); with calibrated statistics its outputs spread like a trained model's.
+    """
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            layer.reset_running_stats()
+            layer.momentum = None  # cumulative average
+    module.train()
+    with torch.no_grad():
+        for _ in range(4):
+            module(torch.randn(8, 3, 224, 224))
+    module.eval()
+
+
+def make_models(root: Path) -> None:
+    torch.manual_seed(0)
+    image_input = {
+        "type": "image",
+        "size": [224, 224],
+        "resize_shorter": 256,
+        "crop": "center",
+        "interpolation": "bilinear",
+        "color": "rgb",
+        **IMAGENET,
+    }
+    tiny = write_model(
+        root,
+        "tiny",
+        TinyNet(),
+        torch.zeros(1, 3, 224, 224),
+        {
+            "input": image_input,
+            "output": {"type": "classification", "labels": "labels.txt", "top_k": 3},
+            "max_batch": 4,
+        },
+    )
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    (tiny / "labels.txt").write_text("\n".join(names) + "\n")
+
+    mobilenet = torchvision.models.mobilenet_v3_small(weights=None, num_classes=1000)
+    calibrate_batch_norm(mobilenet)
+    write_model(
+        root,
+        "mobilenet",
+        mobilenet,
+        torch.zeros(1, 3, 224, 224),
+        {
+            "input": image_input,
+            "output": {
+                "type": "classification",
+                "labels": [f"class {i}" for i in range(1000)],
+                "top_k": 5,
+            },
+        },
+    )
+
+    write_model(
+        root,
+        "tensor",
+        torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh()),
+        torch.zeros(2, 4),
+        {
+            "input": {"type": "tensor", "shape": [-1, 4], "dtype": "float32"},
+            "output": {"type": "raw"},
+        },
+    )
+
+    write_model(
+        root,
+        "gray",
+        TinyNet(channels=1, classes=4),
+        torch.zeros(1, 1, 32, 32),
+        {
+            "input": {
+                "type": "image",
+                "size": [32, 32],
+                "crop": "none",
+                "interpolation": "bicubic",
+                "color": "gray",
+                "mean": [0.5],
+                "std": [0.5],
+            },
+            "output": {
+                "type": "classification",
+                "labels": ["a", "b", "c", "d"],
+                "softmax": False,
+                "top_k": 4,
+            },
+            "warmup": False,
+        },
+    )
+
+
+def exif_with_orientation(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+def make_images(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    photos = {name: Image.fromarray(load()).convert("RGB") for name, load in PHOTOS.items()}
+    # Real photos at several sizes and aspect ratios, JPEG q90 as phones and browsers send them.
+    for name, photo in photos.items():
+        photo.save(out / f"{name}.jpg", quality=90)
+        w, h = photo.size
+        for scale in (0.37, 1.9):
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            photo.resize(size, Image.Resampling.LANCZOS).save(
+                out / f"{name}_{size[0]}x{size[1]}.jpg", quality=90
+            )
+    astronaut = photos["astronaut"]
+    chelsea = photos["chelsea"]
+    chelsea.save(out / "chelsea.png")
+    chelsea.save(out / "chelsea_progressive.jpg", quality=90, progressive=True)
+    chelsea.convert("CMYK").save(out / "chelsea_cmyk.jpg", quality=95)
+    chelsea.convert("L").save(out / "chelsea_gray.png")
+    chelsea.convert("L").save(out / "chelsea_gray.jpg", quality=90)
+    chelsea.convert("RGBA").save(out / "chelsea_rgba.png")
+    chelsea.convert("LA").save(out / "chelsea_la.png")
+    chelsea.convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(
+        out / "chelsea_palette.png"
+    )
+    chelsea.save(out / "chelsea.webp", lossless=True)
+    chelsea.save(out / "chelsea.bmp")
+    chelsea.save(out / "chelsea.gif")
+    rgb16 = (np.asarray(chelsea).astype(np.uint16) * 257).astype(">u2")
+    write_png16(out / "chelsea_rgb16.png", rgb16)
+    frames = [astronaut.resize((64, 64)), chelsea.resize((64, 64))]
+    frames[0].save(out / "animated.gif", save_all=True, append_images=frames[1:], duration=100)
+    # EXIF orientations 1-8 on a non-square photo: the decoder must turn them upright.
+    small = chelsea.resize((90, 60))
+    for orientation in range(1, 9):
+        small.save(
+            out / f"orientation_{orientation}.jpg",
+            quality=95,
+            exif=exif_with_orientation(orientation),
+        )
+    Image.new("RGB", (1, 1), (200, 30, 60)).save(out / "one_pixel.png")
+    Image.new("RGB", (1, 5000), (20, 130, 60)).save(out / "one_by_5000.png")
+    data = (out / "chelsea.jpg").read_bytes()
+    (out / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (out / "empty.jpg").write_bytes(b"")
+    (out / "text.txt").write_bytes(b"this is not an image\n")
+
+
+def write_png16(path: Path, rgb16: np.ndarray) -> None:
+    """PIL cannot write 16-bit RGB PNGs; write one by hand with zlib (tests only)."""
+    import struct
+    import zlib
+
+    h, w, _ = rgb16.shape
+    raw = b"".join(b"\x00" + rgb16[y].tobytes() for y in range(h))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body))
+            + kind
+            + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        )
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+    path.write_bytes(png + chunk(b"IEND", b""))
+
+
+def main() -> None:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "target/fixtures")
+    if out.exists():
+        shutil.rmtree(out)
+    make_models(out / "models")
+    make_images(out / "images")
+    print(f"fixtures written to {out}")
+
+
+if __name__ == "__main__":
+    main()

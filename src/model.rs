@@ -1,0 +1,401 @@
+//! A loaded model: TorchScript through libtorch on CPU, plus its preprocessing and output handling.
+//!
+//! Loading verifies the file's sha256 (when the manifest gives one), puts the module in eval mode,
+//! sizes libtorch's thread pool to the CPUs this process may really use, and warms the model up.
+//! Inference runs without autograd. A `Model` is `Send + Sync`: one instance serves every thread.
+
+use std::io::Cursor;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use tch::{CModule, Device, Kind, Tensor};
+
+use crate::error::{first_line, Error, Result};
+use crate::image::{ImageSource, Pixels, Preprocessor};
+use crate::manifest::{ClassificationOutput, DType, Input, Manifest, ModelDir, Output, Threads};
+
+/// The libtorch version this build links against (tch 0.26).
+pub const LIBTORCH_VERSION: &str = "2.13.0";
+
+/// Lambda gives one vCPU per this many MB of configured memory.
+const LAMBDA_MB_PER_VCPU: u64 = 1769;
+
+/// The CPUs this process may really use: the affinity mask and cgroup quota (which
+/// [`std::thread::available_parallelism`] reads), and on Lambda the share that the configured
+/// memory buys, rounded up.
+pub fn usable_cpus() -> usize {
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let lambda_share = std::env::var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+        .ok()
+        .and_then(|mb| mb.trim().parse::<u64>().ok())
+        .map(|mb| mb.div_ceil(LAMBDA_MB_PER_VCPU).max(1) as usize);
+    match lambda_share {
+        Some(share) => available.min(share),
+        None => available,
+    }
+}
+
+/// One prediction of a classification model.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Prediction {
+    /// Class index in the model's output.
+    pub index: usize,
+    /// Class label, when the manifest gives labels.
+    pub label: Option<String>,
+    /// Score: a probability when the manifest asks for softmax, else the raw output.
+    pub score: f32,
+}
+
+/// Validates a caller's `top_k` (at least 1; larger than the class count means all classes).
+pub fn checked_top_k(value: Option<i64>) -> Result<Option<usize>> {
+    match value {
+        None => Ok(None),
+        Some(k) if k >= 1 => Ok(Some(usize::try_from(k).unwrap_or(usize::MAX))),
+        Some(k) => Err(Error::invalid_input(format!(
+            "top_k must be at least 1, got {k}"
+        ))),
+    }
+}
+
+/// A dense tensor crossing the API boundary: shape and row-major data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorData<T> {
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Elements, row-major; `shape.iter().product()` of them.
+    pub data: Vec<T>,
+}
+
+impl<T> TensorData<T> {
+    /// Checks that `data` fills `shape`.
+    pub fn new(shape: Vec<usize>, data: Vec<T>) -> Result<Self> {
+        let expected = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        if expected != Some(data.len()) {
+            return Err(Error::invalid_input(format!(
+                "tensor shape {shape:?} needs {} elements, got {}",
+                expected.map_or_else(|| "too many".to_owned(), |n| n.to_string()),
+                data.len()
+            )));
+        }
+        Ok(TensorData { shape, data })
+    }
+}
+
+/// Milliseconds spent in each stage of a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Timings {
+    /// Decoding images to pixels.
+    pub decode: f64,
+    /// Resizing, cropping and normalizing to the input tensor.
+    pub preprocess: f64,
+    /// The forward pass and output handling.
+    pub inference: f64,
+    /// Everything, end to end.
+    pub total: f64,
+}
+
+fn ms_between(start: Instant, end: Instant) -> f64 {
+    (end - start).as_secs_f64() * 1e3
+}
+
+/// A model loaded and ready to serve.
+pub struct Model {
+    dir: ModelDir,
+    module: CModule,
+    preprocessor: Option<Preprocessor>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Loads the model a [`ModelDir`] describes. `max_pixels` bounds decoded images.
+    pub fn load(dir: ModelDir, max_pixels: u64) -> Result<Model> {
+        let bytes = std::fs::read(&dir.model_file).map_err(|err| {
+            Error::manifest(
+                &dir.manifest_path,
+                "file",
+                format!("cannot read {}: {err}", dir.model_file.display()),
+            )
+        })?;
+        if let Some(expected) = &dir.manifest.sha256 {
+            let actual = format!("{:x}", Sha256::digest(&bytes));
+            if !actual.eq_ignore_ascii_case(expected) {
+                return Err(Error::manifest(
+                    &dir.manifest_path,
+                    "sha256",
+                    format!(
+                        "{} has sha256 {actual}, the manifest says {expected}: the file is \
+                         corrupt, truncated or replaced; copy it again or update the digest",
+                        dir.model_file.display()
+                    ),
+                ));
+            }
+        }
+        let threads = match dir.manifest.threads {
+            Threads::Auto => usable_cpus(),
+            Threads::Count(n) => n,
+        };
+        tch::set_num_threads(threads as i32);
+        let mut module = CModule::load_data_on_device(&mut Cursor::new(bytes), Device::Cpu)
+            .map_err(|err| {
+                Error::manifest(
+                    &dir.manifest_path,
+                    "file",
+                    format!(
+                        "{} is not a loadable TorchScript model: {}",
+                        dir.model_file.display(),
+                        first_line(&err.to_string())
+                    ),
+                )
+            })?;
+        module.set_eval();
+        let preprocessor = dir
+            .manifest
+            .image_input()
+            .map(|spec| Preprocessor::new(spec, max_pixels));
+        let model = Model {
+            dir,
+            module,
+            preprocessor,
+        };
+        if model.manifest().warmup {
+            model.warmup()?;
+        }
+        Ok(model)
+    }
+
+    /// The model's name (its directory name).
+    pub fn name(&self) -> &str {
+        &self.dir.name
+    }
+
+    /// The validated manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.dir.manifest
+    }
+
+    /// The model directory.
+    pub fn dir(&self) -> &ModelDir {
+        &self.dir
+    }
+
+    /// Image preprocessing, or `InvalidInput` when the model takes tensors.
+    pub fn preprocessor(&self) -> Result<&Preprocessor> {
+        self.preprocessor.as_ref().ok_or_else(|| {
+            Error::invalid_input(format!(
+                "model {:?} takes tensors, not images (its manifest's input.type is \"tensor\")",
+                self.name()
+            ))
+        })
+    }
+
+    /// Classifies images: decode, preprocess into one batch, one forward pass, top-k per image.
+    pub fn predict(
+        &self,
+        images: &[ImageSource<'_>],
+        top_k: Option<usize>,
+    ) -> Result<(Vec<Vec<Prediction>>, Timings)> {
+        let started = Instant::now();
+        self.classification()?;
+        self.check_batch(images.len())?;
+        let pixels = images
+            .iter()
+            .enumerate()
+            .map(|(i, source)| {
+                self.pixels(*source)
+                    .map_err(|err| in_batch(err, i, images.len()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let decoded = Instant::now();
+        let batch = self.batch_tensor(&pixels)?;
+        let preprocessed = Instant::now();
+        let output = self.forward(&batch)?;
+        let predictions = self.classify(&output, top_k)?;
+        let done = Instant::now();
+        let timings = Timings {
+            decode: ms_between(started, decoded),
+            preprocess: ms_between(decoded, preprocessed),
+            inference: ms_between(preprocessed, done),
+            total: ms_between(started, done),
+        };
+        Ok((predictions, timings))
+    }
+
+    fn classification(&self) -> Result<&ClassificationOutput> {
+        match &self.manifest().output {
+            Output::Classification(spec) => Ok(spec),
+            Output::Raw(_) => Err(Error::invalid_input(format!(
+                "model {:?} has raw output (its manifest's output.type is \"raw\"): use forward, \
+                 or send a request without predictions",
+                self.name()
+            ))),
+        }
+    }
+
+    /// Decodes an image (the `decode` stage).
+    pub fn pixels(&self, source: ImageSource<'_>) -> Result<Pixels> {
+        self.preprocessor()?.pixels(source)
+    }
+
+    /// Preprocesses decoded images into one NCHW float32 batch (the `preprocess` stage).
+    pub fn batch_tensor(&self, images: &[Pixels]) -> Result<TensorData<f32>> {
+        let pre = self.preprocessor()?;
+        self.check_batch(images.len())?;
+        let [c, h, w] = pre.chw();
+        let len = pre.tensor_len();
+        let mut data = vec![0f32; len * images.len()];
+        for (pixels, out) in images.iter().zip(data.chunks_exact_mut(len)) {
+            pre.tensorize(pixels, out)?;
+        }
+        TensorData::new(vec![images.len(), c, h, w], data)
+    }
+
+    /// Refuses batches larger than the manifest's `max_batch`.
+    pub fn check_batch(&self, n: usize) -> Result<()> {
+        let max = self.manifest().max_batch;
+        if n == 0 {
+            return Err(Error::invalid_input("the batch is empty"));
+        }
+        if n > max {
+            return Err(Error::invalid_input(format!(
+                "a batch of {n} inputs is over this model's max_batch of {max}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs the model on an NCHW float32 batch; returns its output as float32.
+    pub fn forward(&self, input: &TensorData<f32>) -> Result<TensorData<f32>> {
+        let shape: Vec<i64> = input.shape.iter().map(|&d| d as i64).collect();
+        let tensor = Tensor::f_from_slice(&input.data)?.f_reshape(&shape)?;
+        let tensor = match &self.dir.manifest.input {
+            Input::Tensor(spec) => {
+                self.check_tensor_shape(&input.shape, &spec.shape)?;
+                tensor.f_to_kind(kind_of(spec.dtype))?
+            }
+            Input::Image(_) => tensor,
+        };
+        self.run(tensor)
+    }
+
+    fn check_tensor_shape(&self, got: &[usize], want: &[i64]) -> Result<()> {
+        let fits = got.len() == want.len()
+            && got
+                .iter()
+                .zip(want)
+                .enumerate()
+                .all(|(i, (&g, &w))| w == -1 || g as i64 == w || (i == 0 && g >= 1));
+        if !fits {
+            return Err(Error::invalid_input(format!(
+                "model {:?} takes tensors of shape {want:?} (batch first, -1 for any), got {got:?}",
+                self.name()
+            )));
+        }
+        self.check_batch(got.first().copied().unwrap_or(0))
+    }
+
+    fn run(&self, input: Tensor) -> Result<TensorData<f32>> {
+        let output = tch::no_grad(|| self.module.forward_ts(&[input])).map_err(|err| {
+            Error::Inference(format!(
+                "the model failed: {}",
+                first_line(&err.to_string())
+            ))
+        })?;
+        let output = output.f_to_kind(Kind::Float)?.f_contiguous()?;
+        let shape: Vec<usize> = output.size().iter().map(|&d| d as usize).collect();
+        let data = Vec::<f32>::try_from(&output.f_reshape([-1])?)?;
+        TensorData::new(shape, data)
+    }
+
+    /// Turns a classification output `[batch, classes]` into the best `top_k` predictions per row
+    /// (the manifest's `top_k` when `None`).
+    pub fn classify(
+        &self,
+        output: &TensorData<f32>,
+        top_k: Option<usize>,
+    ) -> Result<Vec<Vec<Prediction>>> {
+        let spec = self.classification()?;
+        let [batch, classes] = output.shape[..] else {
+            return Err(Error::Inference(format!(
+                "a classification model must return [batch, classes] scores, model {:?} returned \
+                 shape {:?}",
+                self.name(),
+                output.shape
+            )));
+        };
+        let top_k = top_k.unwrap_or(spec.top_k).min(classes);
+        let scores = if spec.softmax {
+            let logits =
+                Tensor::f_from_slice(&output.data)?.f_reshape([batch as i64, classes as i64])?;
+            Vec::<f32>::try_from(&logits.f_softmax(1, Kind::Float)?.f_reshape([-1])?)?
+        } else {
+            output.data.clone()
+        };
+        let labels = self.dir.labels.as_deref();
+        Ok(scores
+            .chunks_exact(classes.max(1))
+            .map(|row| {
+                let mut order: Vec<usize> = (0..row.len()).collect();
+                // Highest score first; ties (and NaN) keep class order, so answers are stable.
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+                order
+                    .into_iter()
+                    .take(top_k)
+                    .map(|index| Prediction {
+                        index,
+                        label: labels.and_then(|l| l.get(index)).cloned(),
+                        score: row[index],
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// One inference on zeros of the input's shape, so libtorch's lazy initialisation (kernel
+    /// selection, allocator pools) happens at load, not on the first request.
+    fn warmup(&self) -> Result<()> {
+        let shape: Vec<usize> = match (&self.dir.manifest.input, &self.preprocessor) {
+            (Input::Image(_), Some(pre)) => {
+                let [c, h, w] = pre.chw();
+                vec![1, c, h, w]
+            }
+            (Input::Tensor(spec), _) => spec.shape.iter().map(|&d| d.max(1) as usize).collect(),
+            (Input::Image(_), None) => return Ok(()),
+        };
+        let zeros = TensorData::new(shape.clone(), vec![0f32; shape.iter().product()])?;
+        self.forward(&zeros).map_err(|err| {
+            Error::Inference(format!(
+                "warmup of model {:?} on zeros of shape {shape:?} failed: {err}",
+                self.name()
+            ))
+        })?;
+        Ok(())
+    }
+}
+
+/// Prefixes an error with the input's position when it came in a batch.
+fn in_batch(err: Error, index: usize, len: usize) -> Error {
+    if len == 1 {
+        return err;
+    }
+    match err {
+        Error::InvalidImage(message) => Error::InvalidImage(format!("image {index}: {message}")),
+        Error::InvalidInput(message) => Error::InvalidInput(format!("image {index}: {message}")),
+        other => other,
+    }
+}
+
+fn kind_of(dtype: DType) -> Kind {
+    match dtype {
+        DType::Float32 => Kind::Float,
+        DType::Float64 => Kind::Double,
+        DType::Int32 => Kind::Int,
+        DType::Int64 => Kind::Int64,
+    }
+}

@@ -1,0 +1,165 @@
+"""Bad input raises the design's exception with a message a user can act on, and the process
+stays healthy: the same model answers correctly right after."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from conftest import MODELS, image_bytes, model_dir
+
+
+@pytest.fixture
+def healthy(tiny):
+    """After the test's failures, the shared model still gives the same answer."""
+    expected = tiny.predict(image_bytes("chelsea.jpg"))
+    yield tiny
+    assert tiny.predict(image_bytes("chelsea.jpg")) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"this is not an image\n", "unrecognized image format"),
+        (image_bytes("truncated.jpg"), "truncated"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "cannot"),
+        (b"\xff\xd8\xff\xe0" + b"garbage" * 10, "truncated"),
+        (b"GIF89a" + b"\x00" * 3, "cannot"),
+    ],
+    ids=["empty", "text", "truncated-jpeg", "bad-png", "bad-jpeg", "bad-gif"],
+)
+def test_undecodable_bytes_are_invalid_image(lt, healthy, data, message):
+    with pytest.raises(lt.InvalidImage, match=message) as info:
+        healthy.predict(data)
+    assert isinstance(info.value, lt.InvalidInput)
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, lt.LambdaTorchError)
+
+
+def test_batch_error_names_the_image(lt, healthy):
+    with pytest.raises(lt.InvalidImage, match="image 1"):
+        healthy.predict_batch([image_bytes("chelsea.jpg"), b"nope"])
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros((10, 10, 3), np.float32), "uint8"),
+        (np.zeros((10, 10, 2), np.uint8), "1, 3 or 4 channels"),
+        (np.zeros((10,), np.uint8), "shape"),
+        (np.zeros((1, 10, 10, 3), np.uint8), "shape"),
+        (np.zeros((0, 10, 3), np.uint8), "no pixels"),
+    ],
+    ids=["float", "two-channels", "1d", "4d", "empty"],
+)
+def test_bad_arrays_are_invalid_input(lt, healthy, array, message):
+    with pytest.raises(lt.InvalidInput, match=message):
+        healthy.predict(array)
+
+
+@pytest.mark.parametrize("value", [None, 3, "chelsea.jpg", [1, 2, 3]], ids=str)
+def test_wrong_types_are_invalid_input(lt, healthy, value):
+    with pytest.raises(lt.InvalidInput, match="expected an encoded image"):
+        healthy.predict(value)
+
+
+@pytest.mark.parametrize("top_k", [0, -1])
+def test_bad_top_k(lt, healthy, top_k):
+    with pytest.raises(lt.InvalidInput, match="top_k"):
+        healthy.predict(image_bytes("chelsea.jpg"), top_k=top_k)
+
+
+def test_batch_limits(lt, healthy):
+    with pytest.raises(lt.InvalidInput, match="max_batch of 4"):
+        healthy.predict_batch([image_bytes("chelsea.jpg")] * 5)
+    with pytest.raises(lt.InvalidInput, match="empty"):
+        healthy.predict_batch([])
+
+
+def test_forward_wrong_dtype_and_shape(lt, healthy):
+    with pytest.raises(lt.InvalidInput, match="float32"):
+        healthy.forward(np.zeros((1, 3, 224, 224), np.float64))
+    with pytest.raises(lt.InferenceError, match="the model failed"):
+        healthy.forward(np.zeros((1, 5, 224, 224), np.float32))
+    tensor = lt.load(MODELS / "tensor")
+    with pytest.raises(lt.InvalidInput, match=r"shape \[-1, 4\]"):
+        tensor.forward(np.zeros((2, 5), np.float32))
+
+
+def test_model_kinds_are_checked(lt):
+    tensor = lt.load(MODELS / "tensor")
+    with pytest.raises(lt.InvalidInput, match="raw output"):
+        tensor.predict(image_bytes("chelsea.jpg"))
+
+
+def test_pixel_limit_is_checked_from_the_header(lt, tmp_path, monkeypatch):
+    monkeypatch.setenv("LAMBDATORCH_MAX_IMAGE_PIXELS", "10000")
+    model = lt.load(model_dir(tmp_path))
+    with pytest.raises(lt.ImageTooLarge, match="451x300") as info:
+        model.predict(image_bytes("chelsea.jpg"))
+    assert isinstance(info.value, lt.InvalidInput)
+    assert "LAMBDATORCH_MAX_IMAGE_PIXELS" in str(info.value)
+    with pytest.raises(lt.ImageTooLarge):
+        model.predict(np.zeros((200, 200, 3), np.uint8))
+    assert model.predict(image_bytes("one_pixel.png"))
+
+
+def test_missing_model(lt, tmp_path):
+    with pytest.raises(lt.ModelNotFound, match="no model") as info:
+        lt.load(tmp_path / "nothing-here")
+    assert isinstance(info.value, LookupError)
+
+
+def broken(tmp_path, edit):
+    """A copy of the tiny model whose manifest text goes through ``edit``."""
+    path = model_dir(tmp_path)
+    manifest = path / "manifest.json"
+    manifest.write_text(edit(manifest.read_text()))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "field", "hint"),
+    [
+        (lambda t: t.replace('"resize_shorter"', '"resize_shorte"'), "input", "resize_shorte"),
+        (lambda t: t.replace('"top_k": 3', '"top_k": "3"'), "output.top_k", "expected usize"),
+        (lambda t: t.replace('"torchscript"', '"onnx"'), "format", "onnx"),
+        (lambda t: t.replace('"labels.txt"', '"missing.txt"'), "output.labels", "missing.txt"),
+        (lambda t: t.replace('"model.pt"', '"../../etc/passwd"'), "file", "outside"),
+        (lambda t: t.replace('"max_batch": 4', '"max_batch": 0'), "max_batch", "1 to 1024"),
+        (lambda t: t[:-20], "(syntax)", "EOF"),
+        (lambda t: "[]", "(top level)", "expected struct"),
+    ],
+    ids=["typo", "wrong-type", "format", "labels", "escape", "max-batch", "truncated", "array"],
+)
+def test_broken_manifests_name_file_and_field(lt, tmp_path, edit, field, hint):
+    path = broken(tmp_path, edit)
+    with pytest.raises(lt.ManifestError) as info:
+        lt.load(path)
+    message = str(info.value)
+    assert str(path / "manifest.json") in message
+    assert f": {field}" in message
+    assert hint in message
+
+
+def test_model_file_checks(lt, tmp_path):
+    wrong_digest = model_dir(tmp_path / "a", sha256="0" * 64)
+    with pytest.raises(lt.ManifestError, match=r"sha256.*corrupt, truncated or replaced"):
+        lt.load(wrong_digest)
+
+    truncated = model_dir(tmp_path / "b", sha256=None)
+    data = (truncated / "model.pt").read_bytes()
+    (truncated / "model.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(lt.ManifestError, match="not a loadable TorchScript model"):
+        lt.load(truncated)
+
+    outside = tmp_path / "c"
+    outside.mkdir()
+    escaping = model_dir(tmp_path / "d", sha256=None)
+    shutil.move(escaping / "model.pt", outside / "model.pt")
+    os.symlink(outside / "model.pt", escaping / "model.pt")
+    with pytest.raises(lt.ManifestError, match="outside the model directory"):
+        lt.load(escaping)
