@@ -18,13 +18,14 @@ EFS := .efs
 RUST_SOURCES := Cargo.toml $(shell find src -name '*.rs' 2>/dev/null)
 PY_SOURCES := pyproject.toml $(shell find python -type f \( -name '*.py' -o -name '*.pyi' -o -name py.typed \) 2>/dev/null)
 
-.PHONY: help setup wheel develop fixtures test test-rust test-python lint fmt demo clean
+.PHONY: help setup wheel develop lambda lambda-zip fixtures test test-rust test-python lint fmt demo clean
 
 help:
 	@echo "make demo   - build, lay out a local EFS tree in $(EFS)/ and predict through it"
 	@echo "make test   - Rust and Python test suites (installs everything first)"
 	@echo "make lint   - rustfmt, clippy -D warnings, ruff, stubtest"
 	@echo "make wheel  - dist/lambdatorch-*.whl (no libtorch inside)"
+	@echo "make lambda-zip - dist/bootstrap.zip for the provided.al2023 runtime"
 	@echo "make setup  - only the Python venv in $(VENV)/ (torch $(shell sed -n 's/^torch==//p' requirements-dev.txt))"
 
 # --- environment ---------------------------------------------------------------------------
@@ -48,6 +49,16 @@ $(VENV)/.lambdatorch: dist/.wheel
 	$(PY) -m pip install --quiet --no-deps --force-reinstall dist/lambdatorch-*.whl
 	touch $@
 
+# The native handler: `bootstrap` (links no libtorch) and `lambdatorch-handler`.
+lambda: target/lambda/.built
+target/lambda/.built: $(VENV)/.setup $(RUST_SOURCES)
+	cargo build --profile lambda --features lambda --bins
+	touch $@
+
+lambda-zip: dist/bootstrap.zip
+dist/bootstrap.zip: target/lambda/.built scripts/package_lambda.py
+	$(PY) scripts/package_lambda.py target/lambda $@
+
 fixtures: $(FIXTURES)/.done
 $(FIXTURES)/.done: scripts/make_fixtures.py $(VENV)/.setup
 	$(PY) scripts/make_fixtures.py $(FIXTURES)
@@ -59,26 +70,27 @@ test: test-rust test-python
 test-rust: $(VENV)/.setup $(FIXTURES)/.done
 	LD_LIBRARY_PATH=$(TORCH_LIB) LAMBDATORCH_FIXTURES=$(CURDIR)/$(FIXTURES) cargo test --release
 
-test-python: $(VENV)/.lambdatorch $(FIXTURES)/.done
+test-python: $(VENV)/.lambdatorch $(FIXTURES)/.done dist/bootstrap.zip
 	LAMBDATORCH_FIXTURES=$(CURDIR)/$(FIXTURES) $(PY) -m pytest -q
 
 # --- lint ----------------------------------------------------------------------------------
 lint: $(VENV)/.lambdatorch
 	cargo fmt --check
 	LD_LIBRARY_PATH=$(TORCH_LIB) cargo clippy --release --all-targets --all-features -- -D warnings
-	ruff check python tests scripts demo
-	ruff format --check python tests scripts demo
+	ruff check python tests scripts demo deploy
+	ruff format --check python tests scripts demo deploy
 	$(PY) -m mypy.stubtest lambdatorch --ignore-missing-stub --allowlist stubtest-allowlist.txt
 
 fmt:
 	cargo fmt
-	ruff format python tests scripts demo
-	ruff check --fix python tests scripts demo
+	ruff format python tests scripts demo deploy
+	ruff check --fix python tests scripts demo deploy
 
 # --- demo ----------------------------------------------------------------------------------
-demo: $(VENV)/.lambdatorch
+demo: $(VENV)/.lambdatorch target/lambda/.built
 	$(PY) demo/build_efs.py $(EFS)
 	$(PY) demo/run.py $(EFS)
+	$(PY) demo/handlers.py $(EFS)
 
 clean:
 	rm -rf target dist $(EFS)

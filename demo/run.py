@@ -29,7 +29,8 @@ print(json.dumps({
 }))
 """
 
-LAMBDATORCH = r"""
+LAMBDATORCH = (
+    r"""
 import json, sys, time
 t0 = time.perf_counter()
 import lambdatorch
@@ -47,9 +48,12 @@ for path in sys.argv[2:]:
         "predictions": [[p.label, round(p.score, 4)] for p in predictions],
         "ms": round((time.perf_counter() - start) * 1e3, 2),
     })
-""" + REPORT
+"""
+    + REPORT
+)
 
-TORCH = r"""
+TORCH = (
+    r"""
 import json, sys, time
 t0 = time.perf_counter()
 import torch, torchvision
@@ -70,10 +74,13 @@ for path in sys.argv[2:]:
         top = torch.topk(torch.softmax(model(x), 1)[0], 3)
     results.append({
         "image": path.rsplit("/", 1)[-1],
-        "predictions": [[labels[i], round(s, 4)] for s, i in zip(top.values.tolist(), top.indices.tolist())],
+        "predictions": [[labels[i], round(s, 4)]
+                        for s, i in zip(top.values.tolist(), top.indices.tolist())],
         "ms": round((time.perf_counter() - start) * 1e3, 2),
     })
-""" + REPORT
+"""
+    + REPORT
+)
 
 
 def child(code: str, efs: Path, images: list[str], pythonpath: str | None) -> dict:

@@ -4,15 +4,21 @@
 //! One core, two front ends. The core turns images (or tensors) into model outputs:
 //! [`manifest`] describes a model directory, [`image`] decodes and preprocesses exactly as
 //! torchvision does, [`model`] runs TorchScript through libtorch (crate `tch`), [`registry`] caches
-//! loaded models and maps request names to directories safely. The Python extension
-//! (`python` feature, module `lambdatorch._core`) binds it without ever importing Python torch.
+//! loaded models and maps request names to directories safely. [`service`] turns a request into a
+//! response and [`events`] maps Lambda events (direct, API Gateway v1/v2, Function URLs, ALB) to
+//! requests and responses to proxy responses: both handlers run exactly this code. The Python
+//! extension (`python` feature, module `lambdatorch._core`) binds it without ever importing
+//! Python torch; the native handler (`lambda` feature, `src/bin/`) runs it on `lambda_runtime`.
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod events;
 pub mod image;
+pub mod libtorch;
 pub mod manifest;
 pub mod model;
 pub mod registry;
+pub mod service;
 
 #[cfg(feature = "python")]
 mod python;

@@ -43,7 +43,21 @@ pub struct Prediction {
     /// Class label, when the manifest gives labels.
     pub label: Option<String>,
     /// Score: a probability when the manifest asks for softmax, else the raw output.
+    #[serde(serialize_with = "short_score")]
     pub score: f32,
+}
+
+/// `value` as the f64 nearest to its shortest round-tripping decimal (0.8731f32 becomes 0.8731,
+/// not 0.873100042...): JSON responses then read as the float32 values they are.
+pub fn short_f64(value: f32) -> f64 {
+    if !value.is_finite() {
+        return f64::from(value);
+    }
+    value.to_string().parse().unwrap_or(f64::from(value))
+}
+
+fn short_score<S: serde::Serializer>(score: &f32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(short_f64(*score))
 }
 
 /// Validates a caller's `top_k` (at least 1; larger than the class count means all classes).
@@ -195,14 +209,9 @@ impl Model {
         })
     }
 
-    /// Classifies images: decode, preprocess into one batch, one forward pass, top-k per image.
-    pub fn predict(
-        &self,
-        images: &[ImageSource<'_>],
-        top_k: Option<usize>,
-    ) -> Result<(Vec<Vec<Prediction>>, Timings)> {
+    /// Runs images through the model: decode, preprocess into one batch, one forward pass.
+    pub fn infer(&self, images: &[ImageSource<'_>]) -> Result<(TensorData<f32>, Timings)> {
         let started = Instant::now();
-        self.classification()?;
         self.check_batch(images.len())?;
         let pixels = images
             .iter()
@@ -216,7 +225,6 @@ impl Model {
         let batch = self.batch_tensor(&pixels)?;
         let preprocessed = Instant::now();
         let output = self.forward(&batch)?;
-        let predictions = self.classify(&output, top_k)?;
         let done = Instant::now();
         let timings = Timings {
             decode: ms_between(started, decoded),
@@ -224,6 +232,23 @@ impl Model {
             inference: ms_between(preprocessed, done),
             total: ms_between(started, done),
         };
+        Ok((output, timings))
+    }
+
+    /// Classifies images: [`Model::infer`], then the best `top_k` per image.
+    pub fn predict(
+        &self,
+        images: &[ImageSource<'_>],
+        top_k: Option<usize>,
+    ) -> Result<(Vec<Vec<Prediction>>, Timings)> {
+        let started = Instant::now();
+        self.classification()?;
+        let (output, mut timings) = self.infer(images)?;
+        let before = Instant::now();
+        let predictions = self.classify(&output, top_k)?;
+        let done = Instant::now();
+        timings.inference += ms_between(before, done);
+        timings.total = ms_between(started, done);
         Ok((predictions, timings))
     }
 

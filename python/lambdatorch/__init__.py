@@ -1,12 +1,14 @@
 """lambdatorch: PyTorch inference on AWS Lambda without importing Python torch.
 
 ``load`` a model directory (manifest + TorchScript file), then ``predict`` on image bytes or
-arrays. Decoding, preprocessing and inference run in Rust through libtorch with the GIL released.
+arrays; or ``handle`` a Lambda event with the service core both handlers share. Decoding,
+preprocessing and inference run in Rust through libtorch with the GIL released.
 
 The extension (``_core``) is imported on first use of a name that needs it, after ``_libtorch``
 has found, checked and loaded libtorch: ``import lambdatorch`` itself always succeeds (so that
 ``lambdatorch doctor`` can diagnose a broken tree), while ``from lambdatorch import load`` or
 ``lambdatorch.load(...)`` raise ``LibTorchError`` (an ``ImportError``) when libtorch is wrong.
+``export`` (which needs Python torch, to fill EFS, not on Lambda) is imported on first use too.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from ._core import Model, Prediction, __version__, load
+    from ._core import Model, Prediction, __version__, handle, load
+    from ._export import export
 
-_FROM_CORE = ("Model", "Prediction", "__version__", "load")
+_FROM_CORE = ("Model", "Prediction", "__version__", "handle", "load")
 
 __all__ = [
     "LIBTORCH_VERSION",
@@ -43,6 +46,8 @@ __all__ = [
     "ModelNotFound",
     "Prediction",
     "__version__",
+    "export",
+    "handle",
     "load",
 ]
 
@@ -52,4 +57,9 @@ def __getattr__(name: str) -> Any:
         value = getattr(import_core(), name)
         globals()[name] = value
         return value
+    if name == "export":
+        from ._export import export
+
+        globals()[name] = export
+        return export
     raise AttributeError(f"module 'lambdatorch' has no attribute {name!r}")

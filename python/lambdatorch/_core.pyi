@@ -66,3 +66,13 @@ def load(path: str | PathLike[str]) -> Model:
 
 def valid_model_name(name: str) -> bool:
     """Whether ``name`` is a valid model name: 1 to 64 of ``[A-Za-z0-9._-]``, alphanumeric first."""
+
+def handle(event: dict[str, Any]) -> dict[str, Any]:
+    """Run one Lambda event through the service core, configured from the environment.
+
+    HTTP-style events (API Gateway v1/v2, Function URLs, ALB) always get a proxy response dict;
+    direct invokes return the response dict or raise the error (``InvalidImage``, ...).
+    """
+
+def preload() -> None:
+    """Load the models named by ``LAMBDATORCH_PRELOAD`` (comma-separated)."""

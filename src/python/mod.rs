@@ -20,9 +20,11 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
 use crate::error::{Error, ErrorKind};
+use crate::events;
 use crate::image::ImageSource;
 use crate::model::{checked_top_k, Model, Prediction, TensorData, LIBTORCH_VERSION};
 use crate::registry::Registry;
+use crate::service::Service;
 
 impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {
@@ -261,6 +263,29 @@ fn load(py: Python<'_>, path: PathBuf) -> PyResult<PyModel> {
     Ok(PyModel { inner: model })
 }
 
+/// Runs one Lambda event through the service core (configured from the environment).
+///
+/// HTTP-style events always get a proxy response dict; direct invokes return the response dict
+/// or raise the error, which the Python runtime reports with the class name as `errorType`.
+#[pyfunction]
+fn handle<'py>(py: Python<'py>, event: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let event: serde_json::Value = pythonize::depythonize(event)
+        .map_err(|err| Error::invalid_input(format!("the event is not JSON-like data: {err}")))?;
+    let reply = py.detach(|| {
+        let service = Service::global()?;
+        events::handle(service, event).reply()
+    })?;
+    pythonize::pythonize(py, &reply)
+        .map_err(|err| Error::Inference(format!("internal: response to Python: {err}")).into())
+}
+
+/// Loads the models of `LAMBDATORCH_PRELOAD` (the Python handler calls it during init).
+#[pyfunction]
+fn preload(py: Python<'_>) -> PyResult<()> {
+    py.detach(|| Service::global()?.preload())?;
+    Ok(())
+}
+
 /// Whether `name` is a valid model name (`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`).
 #[pyfunction]
 fn valid_model_name(name: &str) -> bool {
@@ -275,6 +300,8 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPrediction>()?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
     m.add_function(wrap_pyfunction!(valid_model_name, m)?)?;
+    m.add_function(wrap_pyfunction!(handle, m)?)?;
+    m.add_function(wrap_pyfunction!(preload, m)?)?;
     m.add("LIBTORCH_VERSION", LIBTORCH_VERSION)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

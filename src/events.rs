@@ -1,0 +1,460 @@
+//! Lambda events in, Lambda responses out: the edges of the service core.
+//!
+//! Recognises direct invokes, API Gateway REST (v1) and HTTP API (v2) proxy events, Lambda
+//! Function URLs and ALB target events, using the `aws_lambda_events` types. HTTP-style events get
+//! proxy responses (`statusCode`, `headers`, `body`) whatever happens, errors included, with the
+//! status of the error type and a message that names no server paths; direct invokes return the
+//! response itself or fail, so that Lambda reports a function error whose `errorType` is ours.
+
+use aws_lambda_events::alb::{AlbTargetGroupRequest, AlbTargetGroupResponse};
+use aws_lambda_events::apigw::{
+    ApiGatewayProxyRequest, ApiGatewayProxyResponse, ApiGatewayV2httpRequest,
+    ApiGatewayV2httpResponse,
+};
+use aws_lambda_events::encodings::Body as EventBody;
+use aws_lambda_events::http::{HeaderMap, HeaderValue};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::model::TensorData;
+use crate::service::{Payload, Request, Response, Service};
+
+/// Where an event came from; decides the response shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `lambda invoke` / SDK `Invoke` with the design's JSON.
+    Direct,
+    /// API Gateway REST API proxy integration (payload v1).
+    ApiGatewayV1,
+    /// API Gateway HTTP API (payload v2).
+    ApiGatewayV2,
+    /// Lambda Function URL (payload v2 format).
+    FunctionUrl,
+    /// Application Load Balancer target; `multi_value` when the target group sends
+    /// multi-value headers (the response must then use them too).
+    Alb {
+        /// Whether the request used `multiValueHeaders`.
+        multi_value: bool,
+    },
+}
+
+impl Source {
+    /// Name used in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Direct => "direct",
+            Source::ApiGatewayV1 => "apigw-v1",
+            Source::ApiGatewayV2 => "apigw-v2",
+            Source::FunctionUrl => "function-url",
+            Source::Alb { .. } => "alb",
+        }
+    }
+
+    /// Recognises an event by the fields only its source sends.
+    pub fn of(event: &Value) -> Source {
+        let context = event.get("requestContext");
+        let has = |v: Option<&Value>, key: &str| v.and_then(|v| v.get(key)).is_some();
+        if has(context, "elb") {
+            Source::Alb {
+                multi_value: event.get("multiValueHeaders").is_some_and(Value::is_object),
+            }
+        } else if event.get("version").and_then(Value::as_str) == Some("2.0")
+            && has(context, "http")
+        {
+            let domain = context
+                .and_then(|c| c.get("domainName"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if domain.contains(".lambda-url.") {
+                Source::FunctionUrl
+            } else {
+                Source::ApiGatewayV2
+            }
+        } else if event.get("httpMethod").is_some() && context.is_some() {
+            Source::ApiGatewayV1
+        } else {
+            Source::Direct
+        }
+    }
+
+    /// Whether the caller expects a proxy response.
+    pub fn is_http(self) -> bool {
+        self != Source::Direct
+    }
+}
+
+/// The result of one event: its source and the service's answer, before it is shaped for Lambda.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Where the event came from.
+    pub source: Source,
+    /// The service's response or error.
+    pub result: Result<Response>,
+}
+
+/// Runs one Lambda event through the service.
+pub fn handle(service: &Service, event: Value) -> Outcome {
+    let source = Source::of(&event);
+    let max_payload = service.config().max_payload_bytes;
+    let result = parse(source, event, max_payload).and_then(|request| service.handle(request));
+    Outcome { source, result }
+}
+
+impl Outcome {
+    /// What the handler returns to Lambda: for HTTP-style events always a proxy response; for
+    /// direct invokes the response, or the error for Lambda to report as a function error.
+    pub fn reply(self) -> Result<Value> {
+        let (status, body) = match (self.result, self.source.is_http()) {
+            (Ok(response), false) => return Ok(to_json(&response)),
+            (Err(err), false) => return Err(err),
+            (Ok(response), true) => (200, to_json(&response)),
+            (Err(err), true) => (
+                err.kind().http_status(),
+                serde_json::json!({"error": {"type": err.kind().name(), "message": err.public_message()}}),
+            ),
+        };
+        Ok(proxy_response(self.source, status, body.to_string()))
+    }
+}
+
+fn to_json(response: &Response) -> Value {
+    // A Response holds only strings, numbers and lists, so this cannot fail; if it ever did, the
+    // caller still gets an error body rather than a panic.
+    serde_json::to_value(response).unwrap_or_else(
+        |err| serde_json::json!({"error": {"type": "InferenceError", "message": err.to_string()}}),
+    )
+}
+
+fn proxy_response(source: Source, status: u16, body: String) -> Value {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    let status_code = i64::from(status);
+    let body = Some(EventBody::Text(body));
+    let response = match source {
+        Source::ApiGatewayV1 => {
+            let mut r = ApiGatewayProxyResponse::default();
+            (r.status_code, r.headers, r.body) = (status_code, headers, body);
+            serde_json::to_value(r)
+        }
+        Source::Alb { multi_value } => {
+            let mut r = AlbTargetGroupResponse::default();
+            r.status_code = status_code;
+            r.status_description = Some(format!("{status} {}", reason(status)));
+            if multi_value {
+                r.multi_value_headers = headers;
+            } else {
+                r.headers = headers;
+            }
+            r.body = body;
+            serde_json::to_value(r)
+        }
+        Source::ApiGatewayV2 | Source::FunctionUrl | Source::Direct => {
+            let mut r = ApiGatewayV2httpResponse::default();
+            (r.status_code, r.headers, r.body) = (status_code, headers, body);
+            serde_json::to_value(r)
+        }
+    };
+    response.unwrap_or_else(|_| serde_json::json!({"statusCode": status}))
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        413 => "Payload Too Large",
+        _ => "Internal Server Error",
+    }
+}
+
+/// The parts of an HTTP-style event the service needs.
+struct HttpParts {
+    path: Option<String>,
+    query_model: Option<String>,
+    query_top_k: Option<String>,
+    content_type: Option<String>,
+    body: Option<String>,
+    is_base64_encoded: bool,
+}
+
+fn content_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.to_ascii_lowercase())
+}
+
+fn event_of<T: serde::de::DeserializeOwned>(event: Value, what: &str) -> Result<T> {
+    serde_json::from_value(event)
+        .map_err(|err| Error::invalid_input(format!("malformed {what} event: {err}")))
+}
+
+fn parse(source: Source, event: Value, max_payload: u64) -> Result<Request> {
+    let parts = match source {
+        Source::Direct => return parse_direct(event, max_payload),
+        Source::ApiGatewayV1 => {
+            let e: ApiGatewayProxyRequest = event_of(event, "API Gateway")?;
+            HttpParts {
+                path: e.path,
+                query_model: e.query_string_parameters.first("model").map(str::to_owned),
+                query_top_k: e.query_string_parameters.first("top_k").map(str::to_owned),
+                content_type: content_type(&e.headers),
+                body: e.body,
+                is_base64_encoded: e.is_base64_encoded,
+            }
+        }
+        Source::ApiGatewayV2 | Source::FunctionUrl => {
+            let e: ApiGatewayV2httpRequest = event_of(event, "HTTP API")?;
+            HttpParts {
+                path: e.raw_path,
+                query_model: e.query_string_parameters.first("model").map(str::to_owned),
+                query_top_k: e.query_string_parameters.first("top_k").map(str::to_owned),
+                content_type: content_type(&e.headers),
+                body: e.body,
+                is_base64_encoded: e.is_base64_encoded,
+            }
+        }
+        Source::Alb { .. } => {
+            let e: AlbTargetGroupRequest = event_of(event, "ALB")?;
+            let headers = if e.headers.is_empty() {
+                &e.multi_value_headers
+            } else {
+                &e.headers
+            };
+            let query = if e.query_string_parameters.is_empty() {
+                &e.multi_value_query_string_parameters
+            } else {
+                &e.query_string_parameters
+            };
+            HttpParts {
+                path: e.path.clone(),
+                query_model: query.first("model").map(str::to_owned),
+                query_top_k: query.first("top_k").map(str::to_owned),
+                content_type: content_type(headers),
+                body: e.body,
+                is_base64_encoded: e.is_base64_encoded,
+            }
+        }
+    };
+    parse_http(parts, max_payload)
+}
+
+fn parse_http(parts: HttpParts, max_payload: u64) -> Result<Request> {
+    let body = parts.body.unwrap_or_default();
+    if body.is_empty() {
+        return Err(Error::invalid_input(
+            "the request has no body: send an image (Content-Type: image/jpeg, ...) or the JSON \
+             request",
+        ));
+    }
+    check_payload(body.len(), max_payload)?;
+    let bytes = if parts.is_base64_encoded {
+        decode_base64(&body, "the request body")?
+    } else {
+        body.into_bytes()
+    };
+    let content_type = parts.content_type.unwrap_or_default();
+    let is_json = content_type.starts_with("application/json")
+        || (!content_type.starts_with("image/")
+            && bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'));
+    let mut request = if is_json {
+        let json: Value = serde_json::from_slice(&bytes)
+            .map_err(|err| Error::invalid_input(format!("the body is not valid JSON: {err}")))?;
+        parse_direct(json, max_payload)?
+    } else {
+        Request {
+            model: None,
+            payload: Payload::Image(bytes),
+            top_k: None,
+        }
+    };
+    if request.model.is_none() {
+        request.model = parts
+            .query_model
+            .or_else(|| model_from_path(parts.path.as_deref()));
+    }
+    if request.top_k.is_none() {
+        if let Some(value) = parts.query_top_k {
+            let top_k = value.trim().parse::<i64>().map_err(|_| {
+                Error::invalid_input(format!("top_k must be an integer, got {value:?}"))
+            })?;
+            request.top_k = Some(top_k);
+        }
+    }
+    Ok(request)
+}
+
+/// `.../models/<name>` (with or without a trailing slash) names a model.
+fn model_from_path(path: Option<&str>) -> Option<String> {
+    let path = path?.trim_end_matches('/');
+    let (prefix, name) = path.rsplit_once('/')?;
+    (prefix.ends_with("/models") || prefix == "models")
+        .then(|| name.to_owned())
+        .filter(|name| !name.is_empty())
+}
+
+fn check_payload(len: usize, max_payload: u64) -> Result<()> {
+    if len as u64 > max_payload {
+        return Err(Error::TooLarge {
+            what: "the request payload",
+            actual: format!("{len} bytes"),
+            limit: max_payload,
+            hint: " bytes (LAMBDATORCH_MAX_PAYLOAD_BYTES)",
+        });
+    }
+    Ok(())
+}
+
+fn decode_base64(text: &str, what: &str) -> Result<Vec<u8>> {
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let compact: String;
+    let text = if text.bytes().any(|b| b.is_ascii_whitespace()) {
+        compact = text.split_ascii_whitespace().collect();
+        &compact
+    } else {
+        text
+    };
+    engine
+        .decode(text)
+        .map_err(|err| Error::invalid_input(format!("{what} is not valid base64: {err}")))
+}
+
+/// The design's direct-invoke request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DirectRequest {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    images: Option<Vec<String>>,
+    #[serde(default)]
+    tensor: Option<TensorRequest>,
+    #[serde(default)]
+    top_k: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TensorRequest {
+    shape: Vec<usize>,
+    data: Vec<f32>,
+}
+
+fn parse_direct(event: Value, max_payload: u64) -> Result<Request> {
+    if !event.is_object() {
+        return Err(Error::invalid_input(format!(
+            "expected a JSON object with \"image\", \"images\" or \"tensor\", got {}",
+            json_type(&event)
+        )));
+    }
+    let direct: DirectRequest = serde_path_to_error::deserialize(event).map_err(|err| {
+        let field = err.path().to_string();
+        let inner = err.into_inner();
+        if field == "." {
+            Error::invalid_input(format!("invalid request: {inner}"))
+        } else {
+            Error::invalid_input(format!("invalid request field `{field}`: {inner}"))
+        }
+    })?;
+    let payload = match (direct.image, direct.images, direct.tensor) {
+        (Some(image), None, None) => {
+            check_payload(image.len(), max_payload)?;
+            Payload::Image(decode_base64(&image, "\"image\"")?)
+        }
+        (None, Some(images), None) => {
+            check_payload(images.iter().map(String::len).sum(), max_payload)?;
+            let images = images
+                .iter()
+                .enumerate()
+                .map(|(i, image)| decode_base64(image, &format!("\"images\"[{i}]")))
+                .collect::<Result<Vec<_>>>()?;
+            Payload::Images(images)
+        }
+        (None, None, Some(tensor)) => Payload::Tensor(TensorData::new(tensor.shape, tensor.data)?),
+        (None, None, None) => {
+            return Err(Error::invalid_input(
+                "the request has no input: send \"image\" (base64), \"images\" (a list of base64) \
+                 or \"tensor\" ({\"shape\": [...], \"data\": [...]})",
+            ))
+        }
+        _ => {
+            return Err(Error::invalid_input(
+                "send only one of \"image\", \"images\" and \"tensor\"",
+            ))
+        }
+    };
+    Ok(Request {
+        model: direct.model,
+        payload,
+        top_k: direct.top_k,
+    })
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn sources_are_recognised() {
+        assert_eq!(Source::of(&json!({"image": "x"})), Source::Direct);
+        assert_eq!(
+            Source::of(&json!({"httpMethod": "POST", "requestContext": {}})),
+            Source::ApiGatewayV1
+        );
+        let v2 = json!({"version": "2.0", "requestContext": {"http": {}, "domainName": "x.execute-api.us-east-1.amazonaws.com"}});
+        assert_eq!(Source::of(&v2), Source::ApiGatewayV2);
+        let url = json!({"version": "2.0", "requestContext": {"http": {}, "domainName": "abc.lambda-url.us-east-1.on.aws"}});
+        assert_eq!(Source::of(&url), Source::FunctionUrl);
+        let alb =
+            json!({"httpMethod": "POST", "requestContext": {"elb": {}}, "multiValueHeaders": {}});
+        assert_eq!(Source::of(&alb), Source::Alb { multi_value: true });
+    }
+
+    #[test]
+    fn model_names_come_from_paths() {
+        assert_eq!(
+            model_from_path(Some("/models/resnet18")),
+            Some("resnet18".into())
+        );
+        assert_eq!(
+            model_from_path(Some("/prod/models/resnet18/")),
+            Some("resnet18".into())
+        );
+        assert_eq!(model_from_path(Some("/predict")), None);
+        assert_eq!(model_from_path(Some("/models/")), None);
+        assert_eq!(model_from_path(None), None);
+    }
+
+    #[test]
+    fn direct_requests_are_checked() {
+        let err = |v: Value| parse_direct(v, 1 << 20).unwrap_err().to_string();
+        assert!(err(json!({"image": 3})).contains("`image`"));
+        assert!(err(json!({"img": "x"})).contains("unknown field `img`"));
+        assert!(err(json!({})).contains("no input"));
+        assert!(err(json!({"image": "!!!"})).contains("not valid base64"));
+        assert!(err(json!({"image": "AAAA", "images": []})).contains("only one"));
+        assert!(err(json!({"tensor": {"shape": [2, 2], "data": [1.0]}})).contains("needs 4"));
+        assert!(err(json!([1, 2])).contains("an array"));
+        let big = "A".repeat(2 << 20);
+        assert!(matches!(
+            parse_direct(json!({"image": big}), 1 << 20),
+            Err(Error::TooLarge { .. })
+        ));
+    }
+}
