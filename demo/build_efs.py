@@ -4,6 +4,8 @@
     EFS/models/   the digits model, added with `lambdatorch add-model`
     EFS/samples/  held-out digit images to send
 
+then checks the tree with `lambdatorch doctor`, as a user would before attaching it to Lambda.
+
 torch is linked from the dev venv rather than installed a second time: PyPI's torch 2.13.0 is a
 CUDA build of several GB (with its nvidia-* packages, which libtorch_cpu.so finds through its
 RPATH, hence the nvidia link too). On AWS you install the CPU-only build instead (README).
@@ -83,6 +85,7 @@ def main() -> None:
     (efs / "models").mkdir(parents=True, exist_ok=True)
     install_python(efs)
     add_digits(efs)
+    run(sys.executable, "-m", "lambdatorch", "doctor", "--root", efs)
 
 
 if __name__ == "__main__":

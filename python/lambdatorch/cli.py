@@ -1,23 +1,33 @@
 """The ``lambdatorch`` command: fill, check and try out an EFS tree.
 
 Standard-library ``argparse`` only, so the EFS tree needs nothing beyond lambdatorch and numpy.
-Every failure prints one line naming the problem and the fix, never a traceback.
+Every failure prints one line naming the problem and the fix, never a traceback. ``export`` is the
+one command that needs Python torch; it imports it only when run.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
+import os
+import re
 import shutil
+import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ._libtorch import _FIX as _LIBTORCH_FIX
+from ._libtorch import LIBTORCH_VERSION, release, version_of
 from .errors import LambdaTorchError
 
-#: Manifest presets for ``add-model --preset``.
+#: Manifest presets for ``add-model --preset`` and ``export --preset``.
 PRESETS: dict[str, dict[str, Any]] = {
     "imagenet": {
         "input": {
@@ -41,6 +51,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 class CommandError(Exception):
     """A failure to report in one line, with the fix."""
+
+
+def one_line(message: str) -> str:
+    """A message on one line: a TorchScript error's first line and its last (the actual error)."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return "".join(lines)
+    return f"{lines[0]} ... {lines[-1]}"
 
 
 def sha256_of(path: Path) -> str:
@@ -122,6 +140,440 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- doctor ------------------------------------------------------------------------------------
+
+#: The design's model-name pattern; used only when the tree's own lambdatorch cannot answer.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+_CPU_INDEX = "--index-url https://download.pytorch.org/whl/cpu"
+_STRAY_FIX = "remove it or move it out of models/"
+_NOT_RUN = "not run: libtorch did not load"
+_PROBE_TIMEOUT_S = 900
+_PROBE_MARK = "lambdatorch-doctor-report "
+
+#: Runs in a fresh interpreter whose only import path is ``root/python``, as on Lambda: imports the
+#: tree's lambdatorch, loads libtorch, then loads each model and runs one inference on zeros shaped
+#: from its manifest. Each model's failure is caught on its own; the report is one JSON line.
+_PROBE = r"""
+import json, sys, time
+sys.path[:] = [p for p in sys.path if p]  # no current directory: only the tree's python/
+report = {"stage": "import lambdatorch", "error": None, "models": {}}
+try:
+    start = time.perf_counter()
+    import lambdatorch
+    from lambdatorch import _libtorch
+    report["stage"] = "load libtorch"
+    core = _libtorch.import_core()
+    report["core"] = {
+        "ms": (time.perf_counter() - start) * 1e3,
+        "libtorch": str(_libtorch.preload()),
+        "version": getattr(core, "__version__", "?"),
+    }
+except BaseException as err:
+    if isinstance(err, KeyboardInterrupt):
+        raise
+    report["error"] = {"type": type(err).__name__, "message": str(err)}
+else:
+    for path in sys.argv[1:]:
+        result = report["models"][path] = {}
+        valid = getattr(core, "valid_model_name", None)
+        result["valid_name"] = valid and bool(valid(path.rstrip("/").rsplit("/", 1)[-1]))
+        try:
+            start = time.perf_counter()
+            model = lambdatorch.load(path)
+            result["load_ms"] = (time.perf_counter() - start) * 1e3
+            spec = model.manifest["input"]
+            if spec["type"] == "image":
+                channels = 1 if spec.get("color") == "gray" else 3
+                shape = [1, channels, *spec["size"]]
+            else:
+                shape = [1 if d == -1 else d for d in spec["shape"]]
+            result["input_shape"] = shape
+            import numpy
+            x = numpy.zeros(shape, numpy.float32)
+            start = time.perf_counter()
+            y = model.forward(x)
+            result["inference_ms"] = (time.perf_counter() - start) * 1e3
+            result["output_shape"] = list(y.shape)
+        except BaseException as err:
+            if isinstance(err, KeyboardInterrupt):
+                raise
+            result["error"] = {"type": type(err).__name__, "message": str(err)}
+report["torch"] = "torch" in sys.modules
+print(__MARK__ + json.dumps(report), flush=True)
+""".replace("__MARK__", repr(_PROBE_MARK))
+
+
+@dataclass
+class Check:
+    """One line of ``doctor``: on failure ``detail`` is the problem and ``fix`` what to do."""
+
+    check: str
+    ok: bool
+    detail: str
+    fix: str | None = None
+
+    def line(self) -> str:
+        if self.ok:
+            return f"ok  {self.check}  {self.detail}"
+        return f"FAIL  {self.check}  {self.detail} -- fix: {self.fix}"
+
+
+def _torch_install(python: Path, upgrade: bool = False) -> str:
+    flag = " --upgrade" if upgrade else ""
+    return f"pip install --target {python}{flag} torch=={LIBTORCH_VERSION} {_CPU_INDEX}"
+
+
+def _dist_version(python: Path, package: str) -> str | None:
+    """The version pip recorded for ``package`` (``<package>-<version>.dist-info``), if any."""
+    for info in sorted(python.glob(f"{package}-*.dist-info")):
+        return info.name[len(package) + 1 : -len(".dist-info")]
+    return None
+
+
+def _package_check(python: Path, package: str, fix: str) -> Check:
+    where = python / package
+    name = f"python/{package}"
+    if not python.is_dir():
+        return Check(name, False, f"{python} is not a directory", fix)
+    if not (where / "__init__.py").is_file():
+        problem = f"{where} is not a package" if where.exists() else f"no {package} in {python}"
+        return Check(name, False, problem, fix)
+    version = _dist_version(python, package)
+    return Check(name, True, f"{version} in {where}" if version else str(where))
+
+
+def _torch_version_check(python: Path) -> Check:
+    torch = python / "torch"
+    fix = _torch_install(python, upgrade=True)
+    if not torch.is_dir():
+        return Check("torch-version", False, f"no torch in {python}, so no libtorch", fix)
+    version = version_of(torch / "lib")
+    if version is None:
+        return Check(
+            "torch-version", False, f"cannot read torch's version from {torch / 'version.py'}", fix
+        )
+    if release(version) != LIBTORCH_VERSION:
+        return Check(
+            "torch-version",
+            False,
+            f"torch {version} in {torch}, but lambdatorch needs {LIBTORCH_VERSION}",
+            fix,
+        )
+    return Check("torch-version", True, f"{version} (lambdatorch needs {LIBTORCH_VERSION})")
+
+
+def _run_probe(python: Path, models: list[Path]) -> tuple[dict[str, Any] | None, str]:
+    """The probe's report, or None and why it gave none."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(python),
+        "PYTHONDONTWRITEBYTECODE": "1",  # a check must not write into the tree
+    }
+    command = [sys.executable, "-S", "-c", _PROBE, *(str(m.absolute()) for m in models)]
+    try:
+        out = subprocess.run(
+            command, capture_output=True, text=True, env=env, timeout=_PROBE_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        return None, f"the check process did not finish in {_PROBE_TIMEOUT_S} s"
+    except OSError as err:
+        return None, f"cannot start {sys.executable}: {err}"
+    for line in out.stdout.splitlines():
+        if line.startswith(_PROBE_MARK):
+            try:
+                report = json.loads(line[len(_PROBE_MARK) :])
+            except ValueError:
+                break
+            if isinstance(report, dict):
+                return report, ""
+    last = (out.stderr.strip().splitlines() or ["(no output)"])[-1].strip()
+    return None, f"the check process exited with status {out.returncode}: {last}"
+
+
+def _libtorch_check(python: Path, report: dict[str, Any] | None, why: str) -> Check:
+    if report is None:
+        fix = (
+            f"run PYTHONPATH={python} {sys.executable} -S -c "
+            "'import lambdatorch._libtorch as t; t.import_core()' to see the whole error"
+        )
+        return Check("libtorch", False, why, fix)
+    error = report.get("error")
+    if error is None:
+        core = report["core"]
+        return Check(
+            "libtorch",
+            True,
+            f"lambdatorch {core['version']} and libtorch from {core['libtorch']} "
+            f"loaded in {core['ms']:.0f} ms",
+        )
+    message = str(error["message"])
+    if message.endswith(_LIBTORCH_FIX):
+        message = message[: -len(_LIBTORCH_FIX)].rstrip()
+    problem = f"{error['type']}: {one_line(message)}"
+    if report.get("stage") == "import lambdatorch":
+        problem = f"not run: lambdatorch does not import from {python} ({problem})"
+        return Check("libtorch", False, problem, f"pip install --target {python} lambdatorch")
+    if "extension failed to load" in message:
+        fix = f"reinstall lambdatorch: pip install --target {python} --force-reinstall lambdatorch"
+        return Check("libtorch", False, problem, fix)
+    return Check("libtorch", False, problem, _torch_install(python, upgrade=True))
+
+
+def _torch_unused_check(python: Path, report: dict[str, Any] | None) -> Check:
+    if report is None or report.get("error") is not None:
+        return Check("no-python-torch", False, _NOT_RUN, "fix the libtorch check first")
+    if report.get("torch"):
+        return Check(
+            "no-python-torch",
+            False,
+            f"Python torch was imported while lambdatorch ran from {python} (seconds and "
+            "hundreds of MB on every cold start)",
+            f"reinstall lambdatorch: pip install --target {python} --upgrade lambdatorch",
+        )
+    return Check("no-python-torch", True, "lambdatorch ran without importing Python torch")
+
+
+def _model_fix(root: Path, entry: Path, error: dict[str, Any]) -> str:
+    kind, message = error.get("type"), str(error.get("message", ""))
+    add_again = f"lambdatorch add-model {entry.name} --file MODEL.pt --root {root} --force"
+    if "corrupt, truncated or replaced" in message:
+        return (
+            f"copy the model file again ({add_again}), or put the new file's sha256 in "
+            f"{entry / 'manifest.json'} if it was replaced on purpose"
+        )
+    if "not a loadable TorchScript model" in message:
+        return f"save it again with torch.jit.save (or lambdatorch export), then {add_again}"
+    if kind == "ManifestError":
+        return f"correct the field the message names in {entry / 'manifest.json'}"
+    if kind in ("InferenceError", "InvalidInput"):
+        return (
+            f"make input in {entry / 'manifest.json'} describe what the model takes "
+            "(size, color, shape), or export the model again"
+        )
+    return (
+        f"load it by hand for more: python -c \"import lambdatorch; lambdatorch.load('{entry}')\""
+    )
+
+
+def _model_check(
+    root: Path, entry: Path, report: dict[str, Any] | None, valid_name: bool | None
+) -> Check:
+    name = f"models/{entry.name}"
+    result = (report or {}).get("models", {}).get(str(entry.absolute()))
+    if result is not None and result.get("valid_name") is not None:
+        valid_name = result["valid_name"]  # the tree's own rule, when it could say
+    if valid_name is False:
+        return Check(
+            name,
+            False,
+            f"{entry.name!r} is not a valid model name (^[A-Za-z0-9][A-Za-z0-9._-]{{0,63}}$), "
+            "so no request can reach it",
+            f"rename it to 1 to 64 letters, digits, '.', '_' or '-' starting with a letter or "
+            f"digit, or {_STRAY_FIX}",
+        )
+    if result is None:
+        return Check(name, False, _NOT_RUN, "fix the libtorch check first")
+    error = result.get("error")
+    if error is not None:
+        problem = f"{error['type']}: {one_line(str(error['message']))}"
+        return Check(name, False, problem, _model_fix(root, entry, error))
+    return Check(
+        name,
+        True,
+        f"loaded in {result['load_ms']:.0f} ms, inference {result['inference_ms']:.1f} ms "
+        f"({'x'.join(map(str, result['input_shape']))} -> "
+        f"{'x'.join(map(str, result['output_shape']))})",
+    )
+
+
+def _scan_models(models: Path) -> list[tuple[Path, Check | None]]:
+    """Each entry of ``models/``, with a failed check when it cannot be a model directory."""
+    entries: list[tuple[Path, Check | None]] = []
+    for entry in sorted(models.iterdir()):
+        name = f"models/{entry.name}"
+        if not entry.is_dir():
+            entries.append((entry, Check(name, False, f"{entry} is not a directory", _STRAY_FIX)))
+        elif not (entry / "manifest.json").is_file():
+            problem = f"{entry} has no manifest.json, so it is not a model"
+            entries.append((entry, Check(name, False, problem, _STRAY_FIX)))
+        else:
+            entries.append((entry, None))
+    return entries
+
+
+def _safely(name: str, make: Callable[[], Check]) -> Check:
+    """``make()``, or a failed check if the check itself raised (unreadable files and the like)."""
+    try:
+        return make()
+    except Exception as err:
+        return Check(
+            name,
+            False,
+            f"the check itself failed: {type(err).__name__}: {err}",
+            "fix what the message names and run lambdatorch doctor again",
+        )
+
+
+def run_doctor(root: Path, emit: Callable[[Check], None] | None = None) -> list[Check]:
+    """Every check of the tree at ``root``, in order; ``emit`` sees each as soon as it is made."""
+    checks: list[Check] = []
+
+    def record(check: Check) -> None:
+        checks.append(check)
+        if emit is not None:
+            emit(check)
+
+    def add(name: str, make: Callable[[], Check]) -> None:
+        record(_safely(name, make))
+
+    python, models = root / "python", root / "models"
+    for package, fix in (
+        ("lambdatorch", f"pip install --target {python} lambdatorch"),
+        ("numpy", f"pip install --target {python} numpy"),
+        ("torch", _torch_install(python)),
+    ):
+        add(f"python/{package}", partial(_package_check, python, package, fix))
+    add("torch-version", lambda: _torch_version_check(python))
+
+    entries: list[tuple[Path, Check | None]] = []
+    add_one = f"lambdatorch add-model NAME --file model.pt --preset imagenet --root {root}"
+    if not models.is_dir():
+        listing = Check("models/", False, f"{models} is not a directory", add_one)
+    else:
+        try:
+            entries = _scan_models(models)
+            listing = Check("models/", True, "")
+        except OSError as err:
+            listing = Check("models/", False, f"cannot list {models}: {err}", "make it readable")
+    candidates = [entry for entry, stray in entries if stray is None]
+
+    report, why = _run_probe(python, candidates)
+    add("libtorch", lambda: _libtorch_check(python, report, why))
+    add("no-python-torch", lambda: _torch_unused_check(python, report))
+
+    if listing.ok:
+        if candidates:
+            listing.detail = f"{len(candidates)} model(s) in {models}"
+        else:
+            listing = Check("models/", False, f"no model directories in {models}", add_one)
+    record(listing)
+    for entry, stray in entries:
+        if stray is not None:
+            record(stray)
+        else:
+            valid = MODEL_NAME.fullmatch(entry.name) is not None
+            add(f"models/{entry.name}", partial(_model_check, root, entry, report, valid))
+    return checks
+
+
+def doctor(args: argparse.Namespace) -> int:
+    def emit(check: Check) -> None:
+        print(check.line(), flush=True)
+
+    checks = run_doctor(Path(args.root), None if args.json else emit)
+    if args.json:
+        print(json.dumps([asdict(check) for check in checks], indent=2))
+    return 0 if all(check.ok for check in checks) else 1
+
+
+# --- export ------------------------------------------------------------------------------------
+
+
+def _shape(text: str) -> list[int]:
+    try:
+        shape = [int(part) for part in text.split(",")]
+    except ValueError:
+        shape = []
+    if not shape or any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(
+            f"expected positive integers like 1,3,224,224, got {text!r}"
+        )
+    return shape
+
+
+def _factory(spec: str) -> Callable[..., Any]:
+    """``PKG.MOD:CALLABLE`` (``CALLABLE`` may be dotted) imported from the current directory too."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CommandError(
+            f"--module {spec}: expected PKG.MOD:CALLABLE, e.g. torchvision.models:resnet18"
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as err:
+        raise CommandError(f"--module {spec}: cannot import {module_name}: {err}") from err
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError as err:
+            raise CommandError(f"--module {spec}: {module_name} has no {attr}") from err
+    if not callable(target):
+        raise CommandError(f"--module {spec}: {attr} is not callable")
+    factory: Callable[..., Any] = target
+    return factory
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from ._export import TORCH_MISSING, export_model
+
+    try:
+        kwargs = json.loads(args.kwargs)
+    except ValueError as err:
+        raise CommandError(f"--kwargs: not JSON: {err}") from err
+    if not isinstance(kwargs, dict):
+        raise CommandError("--kwargs: expected a JSON object, e.g. '{\"num_classes\": 10}'")
+    try:
+        import torch
+    except ImportError as err:
+        raise CommandError(f"{TORCH_MISSING} (import torch: {err})") from err
+
+    factory = _factory(args.module)
+    torch.manual_seed(0)  # random-weight exports are reproducible too
+    try:
+        module = factory(**kwargs)
+    except Exception as err:
+        raise CommandError(
+            f"{args.module}(**{kwargs}) failed: {type(err).__name__}: {err}"
+        ) from err
+    if not isinstance(module, torch.nn.Module):
+        raise CommandError(f"{args.module} returned {type(module).__name__}, not a torch.nn.Module")
+    torch.manual_seed(0)
+    example = torch.randn(args.example_shape)
+    method = "script" if args.script else "trace"
+    try:
+        report = export_model(
+            module,
+            example,
+            args.out,
+            preset=args.preset,
+            labels=args.labels,
+            method=method,
+            optimize=not args.no_optimize,
+        )
+    except (LambdaTorchError, OSError):
+        raise
+    except Exception as err:
+        other = "tracing (drop --script)" if args.script else "--script"
+        raise CommandError(
+            f"{method} failed: {type(err).__name__}: {one_line(str(err))} (try {other})"
+        ) from err
+
+    written = ", ".join(str(report.path / name) for name in report.files)
+    print(f"wrote {written}")
+    print(f"model.pt: {report.size} bytes, sha256 {report.sha256}")
+    print(f"TorchScript: {report.method}, {report.optimization}")
+    shape = "x".join(map(str, example.shape))
+    out = "x".join(map(str, report.output_shape))
+    print(
+        f"parity on a seeded random {shape} input: lambdatorch vs Python torch max abs diff "
+        f"{report.max_abs_diff:.3g} (limit {report.tolerance:g}), output {out}"
+    )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="lambdatorch", description="Serve TorchScript models from AWS Lambda with EFS."
@@ -143,6 +595,48 @@ def parser() -> argparse.ArgumentParser:
     pred.add_argument("--top-k", type=int, default=None)
     pred.add_argument("images", nargs="+")
     pred.set_defaults(run=predict)
+
+    doc = commands.add_parser(
+        "doctor",
+        help="check an EFS tree: packages, torch version, libtorch, every model",
+        description="Check the EFS tree as Lambda will use it; one line per check (ok, or FAIL "
+        "with the fix). Exit 0 only when every check passes.",
+    )
+    doc.add_argument("--root", default="/mnt/efs", help="the EFS tree (default /mnt/efs)")
+    doc.add_argument("--json", action="store_true", help="print the checks as a JSON list")
+    doc.set_defaults(run=doctor)
+
+    exp = commands.add_parser(
+        "export",
+        help="export a torch.nn.Module to TorchScript plus manifest (needs Python torch)",
+        description="Build a module with PKG.MOD:CALLABLE(**kwargs) (imported from the current "
+        "directory too), save it as TorchScript with a manifest in --out, then check that "
+        "lambdatorch reproduces Python torch's output on a seeded random example.",
+    )
+    exp.add_argument(
+        "--module",
+        required=True,
+        metavar="PKG.MOD:CALLABLE",
+        help="what builds the module, e.g. torchvision.models:resnet18",
+    )
+    exp.add_argument(
+        "--kwargs", default="{}", metavar="JSON", help="keyword arguments, a JSON object"
+    )
+    exp.add_argument(
+        "--example-shape",
+        required=True,
+        type=_shape,
+        metavar="N,C,H,W",
+        help="example input shape, batch first (torch.randn, seeded)",
+    )
+    exp.add_argument("--out", required=True, help="the model directory to write")
+    exp.add_argument("--preset", choices=sorted(PRESETS), help="manifest preset (input, output)")
+    exp.add_argument("--labels", help="class labels, one a line (makes a classification output)")
+    exp.add_argument("--script", action="store_true", help="torch.jit.script instead of trace")
+    exp.add_argument(
+        "--no-optimize", action="store_true", help="skip freeze + optimize_for_inference"
+    )
+    exp.set_defaults(run=export_command)
     return top
 
 
@@ -151,8 +645,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except CommandError as err:
-        print(f"lambdatorch {args.command}: {err}", file=sys.stderr)
+        print(f"lambdatorch {args.command}: {one_line(str(err))}", file=sys.stderr)
         return 2
     except (LambdaTorchError, OSError) as err:
-        print(f"lambdatorch {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
+        message = one_line(str(err))
+        print(f"lambdatorch {args.command}: {type(err).__name__}: {message}", file=sys.stderr)
         return 1
