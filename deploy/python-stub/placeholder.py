@@ -1,0 +1,1 @@
+"""Empty on purpose: the handler (lambdatorch) is on EFS in /mnt/efs/python, on PYTHONPATH."""
