@@ -23,7 +23,7 @@ PY_SOURCES := pyproject.toml $(shell find python -type f \( -name '*.py' -o -nam
 help:
 	@echo "make demo   - build, lay out a local EFS tree in $(EFS)/ and predict through it"
 	@echo "make test   - Rust and Python test suites (installs everything first)"
-	@echo "make lint   - rustfmt, clippy -D warnings, ruff, stubtest"
+	@echo "make lint   - rustfmt, clippy -D warnings, ruff, stubtest, cfn-lint"
 	@echo "make wheel  - dist/lambdatorch-*.whl (no libtorch inside)"
 	@echo "make lambda-zip - dist/bootstrap.zip for the provided.al2023 runtime"
 	@echo "make setup  - only the Python venv in $(VENV)/ (torch $(shell sed -n 's/^torch==//p' requirements-dev.txt))"
@@ -80,6 +80,7 @@ lint: $(VENV)/.lambdatorch
 	ruff check python tests scripts demo deploy
 	ruff format --check python tests scripts demo deploy
 	$(PY) -m mypy.stubtest lambdatorch --ignore-missing-stub --allowlist stubtest-allowlist.txt
+	cfn-lint deploy/template.yaml
 
 fmt:
 	cargo fmt

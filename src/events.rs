@@ -13,6 +13,7 @@ use aws_lambda_events::apigw::{
 };
 use aws_lambda_events::encodings::Body as EventBody;
 use aws_lambda_events::http::{HeaderMap, HeaderValue};
+use aws_lambda_events::query_map::QueryMap;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
@@ -179,11 +180,26 @@ struct HttpParts {
     is_base64_encoded: bool,
 }
 
-fn content_type(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.to_ascii_lowercase())
+impl HttpParts {
+    fn new(
+        path: Option<String>,
+        query: &QueryMap,
+        headers: &HeaderMap,
+        body: Option<String>,
+        is_base64_encoded: bool,
+    ) -> HttpParts {
+        HttpParts {
+            path,
+            query_model: query.first("model").map(str::to_owned),
+            query_top_k: query.first("top_k").map(str::to_owned),
+            content_type: headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_ascii_lowercase),
+            body,
+            is_base64_encoded,
+        }
+    }
 }
 
 fn event_of<T: serde::de::DeserializeOwned>(event: Value, what: &str) -> Result<T> {
@@ -196,27 +212,16 @@ fn parse(source: Source, event: Value, max_payload: u64) -> Result<Request> {
         Source::Direct => return parse_direct(event, max_payload),
         Source::ApiGatewayV1 => {
             let e: ApiGatewayProxyRequest = event_of(event, "API Gateway")?;
-            HttpParts {
-                path: e.path,
-                query_model: e.query_string_parameters.first("model").map(str::to_owned),
-                query_top_k: e.query_string_parameters.first("top_k").map(str::to_owned),
-                content_type: content_type(&e.headers),
-                body: e.body,
-                is_base64_encoded: e.is_base64_encoded,
-            }
+            let query = &e.query_string_parameters;
+            HttpParts::new(e.path, query, &e.headers, e.body, e.is_base64_encoded)
         }
         Source::ApiGatewayV2 | Source::FunctionUrl => {
             let e: ApiGatewayV2httpRequest = event_of(event, "HTTP API")?;
-            HttpParts {
-                path: e.raw_path,
-                query_model: e.query_string_parameters.first("model").map(str::to_owned),
-                query_top_k: e.query_string_parameters.first("top_k").map(str::to_owned),
-                content_type: content_type(&e.headers),
-                body: e.body,
-                is_base64_encoded: e.is_base64_encoded,
-            }
+            let query = &e.query_string_parameters;
+            HttpParts::new(e.raw_path, query, &e.headers, e.body, e.is_base64_encoded)
         }
         Source::Alb { .. } => {
+            // A target group sends either single-value or multi-value headers and queries.
             let e: AlbTargetGroupRequest = event_of(event, "ALB")?;
             let headers = if e.headers.is_empty() {
                 &e.multi_value_headers
@@ -228,14 +233,7 @@ fn parse(source: Source, event: Value, max_payload: u64) -> Result<Request> {
             } else {
                 &e.query_string_parameters
             };
-            HttpParts {
-                path: e.path.clone(),
-                query_model: query.first("model").map(str::to_owned),
-                query_top_k: query.first("top_k").map(str::to_owned),
-                content_type: content_type(headers),
-                body: e.body,
-                is_base64_encoded: e.is_base64_encoded,
-            }
+            HttpParts::new(e.path, query, headers, e.body, e.is_base64_encoded)
         }
     };
     parse_http(parts, max_payload)

@@ -365,18 +365,23 @@ impl Preprocessor {
             self.write(rows, cols, &pixels.data, sample, out);
             return Ok(());
         }
-        let resized = self.resize(pixels, rows.resized, cols.resized)?;
-        let stride = cols.resized as usize;
-        let sample = |y: u32, x: u32| (y as usize * stride + x as usize) * pixels.channels;
-        self.write(rows, cols, &resized, sample, out);
+        let window = self.resize_window(pixels, rows, cols)?;
+        let stride = cols.len as usize;
+        let sample = |y: u32, x: u32| {
+            let (y, x) = (y - rows.src_start, x - cols.src_start);
+            (y as usize * stride + x as usize) * pixels.channels
+        };
+        self.write(rows, cols, &window, sample, out);
         Ok(())
     }
 
-    /// Antialiased resampling of the whole image to `height` x `width`.
-    fn resize(&self, pixels: &Pixels, height: u32, width: u32) -> Result<Vec<u8>> {
-        if (height, width) == (pixels.height, pixels.width) {
-            return Ok(pixels.data.clone());
-        }
+    /// Antialiased resampling of the image to `rows.resized` x `cols.resized`, computing only the
+    /// window the crop keeps (`cols.len` x `rows.len` pixels, row-major).
+    ///
+    /// Each output pixel's filter is centred and clipped exactly as in a full resize: the source
+    /// window handed to fast_image_resize starts at the crop offset times the scale, and the
+    /// filter still clips at the real image borders.
+    fn resize_window(&self, pixels: &Pixels, rows: Span, cols: Span) -> Result<Vec<u8>> {
         let pixel_type = if pixels.channels == 1 {
             fir::PixelType::U8
         } else {
@@ -387,27 +392,48 @@ impl Preprocessor {
             Interpolation::Lanczos3 => fir::FilterType::Lanczos3,
             Interpolation::Bilinear | Interpolation::Nearest => fir::FilterType::Bilinear,
         };
-        let options = fir::ResizeOptions::new().resize_alg(fir::ResizeAlg::Convolution(filter));
+        let algorithm = fir::ResizeAlg::Convolution(filter);
         let mut resizer = fir::Resizer::new();
-        let mut pass = |data: &[u8], from: (u32, u32), to: (u32, u32)| -> Result<Vec<u8>> {
+        // One pass: `from` is resized to `to`, reading the source box (left, top, width, height).
+        let mut pass = |data: &[u8], from: (u32, u32), to: (u32, u32), src: [f64; 4]| {
             let internal = |err: String| Error::Inference(format!("internal: resize: {err}"));
-            let src = fir::images::ImageRef::new(from.0, from.1, data, pixel_type)
+            let image = fir::images::ImageRef::new(from.0, from.1, data, pixel_type)
                 .map_err(|err| internal(err.to_string()))?;
             let mut dst = fir::images::Image::new(to.0, to.1, pixel_type);
+            let options = fir::ResizeOptions::new()
+                .resize_alg(algorithm)
+                .crop(src[0], src[1], src[2], src[3]);
             resizer
-                .resize(&src, &mut dst, &options)
+                .resize(&image, &mut dst, &options)
                 .map_err(|err| internal(err.to_string()))?;
-            Ok(dst.into_vec())
+            Ok::<_, Error>(dst.into_vec())
         };
+        let (w0, h0) = (pixels.width, pixels.height);
+        let scale_x = f64::from(w0) / f64::from(cols.resized);
+        let scale_y = f64::from(h0) / f64::from(rows.resized);
+        let (left, width) = (
+            f64::from(cols.src_start) * scale_x,
+            f64::from(cols.len) * scale_x,
+        );
+        let (top, height) = (
+            f64::from(rows.src_start) * scale_y,
+            f64::from(rows.len) * scale_y,
+        );
         // Horizontal pass first, then vertical, as Pillow and torchvision's uint8 path do: each pass
         // rounds and clips to 8 bits, so the order shows wherever a filter overshoots (edges).
         // fast_image_resize alone would run the vertical pass first for u8 images.
-        let (w0, h0) = (pixels.width, pixels.height);
-        if width == w0 || height == h0 {
-            return pass(&pixels.data, (w0, h0), (width, height));
-        }
-        let wide = pass(&pixels.data, (w0, h0), (width, h0))?;
-        pass(&wide, (width, h0), (width, height))
+        let wide = pass(
+            &pixels.data,
+            (w0, h0),
+            (cols.len, h0),
+            [left, 0.0, width, f64::from(h0)],
+        )?;
+        pass(
+            &wide,
+            (cols.len, h0),
+            (cols.len, rows.len),
+            [0.0, top, f64::from(cols.len), height],
+        )
     }
 
     /// Scales, normalizes and transposes HWC pixels to CHW floats, in one pass over the crop.

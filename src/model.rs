@@ -5,8 +5,10 @@
 //! Inference runs without autograd. A `Model` is `Send + Sync`: one instance serves every thread.
 
 use std::io::Cursor;
+use std::sync::OnceLock;
 use std::time::Instant;
 
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use tch::{CModule, Device, Kind, Tensor};
 
@@ -213,14 +215,10 @@ impl Model {
     pub fn infer(&self, images: &[ImageSource<'_>]) -> Result<(TensorData<f32>, Timings)> {
         let started = Instant::now();
         self.check_batch(images.len())?;
-        let pixels = images
-            .iter()
-            .enumerate()
-            .map(|(i, source)| {
-                self.pixels(*source)
-                    .map_err(|err| in_batch(err, i, images.len()))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let pixels = parallel(images.len(), |i| {
+            self.pixels(images[i])
+                .map_err(|err| in_batch(err, i, images.len()))
+        })?;
         let decoded = Instant::now();
         let batch = self.batch_tensor(&pixels)?;
         let preprocessed = Instant::now();
@@ -275,8 +273,18 @@ impl Model {
         let [c, h, w] = pre.chw();
         let len = pre.tensor_len();
         let mut data = vec![0f32; len * images.len()];
-        for (pixels, out) in images.iter().zip(data.chunks_exact_mut(len)) {
-            pre.tensorize(pixels, out)?;
+        let chunks = data.chunks_exact_mut(len).zip(images);
+        match worker_pool() {
+            Some(pool) if images.len() > 1 => pool.install(|| {
+                chunks
+                    .par_bridge()
+                    .try_for_each(|(out, pixels)| pre.tensorize(pixels, out))
+            })?,
+            _ => {
+                for (out, pixels) in chunks {
+                    pre.tensorize(pixels, out)?;
+                }
+            }
         }
         TensorData::new(vec![images.len(), c, h, w], data)
     }
@@ -401,6 +409,30 @@ impl Model {
             ))
         })?;
         Ok(())
+    }
+}
+
+/// The threads that decode and preprocess a batch's images in parallel: as many as the CPUs this
+/// process may use (a Lambda function's memory buys a share, which rayon's global pool ignores).
+/// `None` if no thread could be spawned: the work then stays on the caller's thread.
+fn worker_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(usable_cpus())
+            .thread_name(|i| format!("lambdatorch-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
+/// `work(0..n)`, in parallel on the worker pool when there is more than one item; the first
+/// error wins.
+fn parallel<T: Send>(n: usize, work: impl Fn(usize) -> Result<T> + Sync) -> Result<Vec<T>> {
+    match worker_pool() {
+        Some(pool) if n > 1 => pool.install(|| (0..n).into_par_iter().map(&work).collect()),
+        _ => (0..n).map(work).collect(),
     }
 }
 
