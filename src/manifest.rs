@@ -642,24 +642,24 @@ mod tests {
       "max_batch": 8, "threads": "auto", "warmup": true}"#;
 
     #[test]
-    fn parses_the_design_example() {
-        let m = parse(IMAGENET).unwrap();
-        let image = m.image_input().unwrap();
-        assert_eq!(image.size, [224, 224]);
-        assert_eq!(image.resize_shorter, Some(256));
+    fn parses_the_design_example() -> Result<()> {
+        let m = parse(IMAGENET)?;
+        let image = m.image_input().map(|i| (i.size, i.resize_shorter));
+        assert_eq!(image, Some(([224, 224], Some(256))));
         assert_eq!(m.threads, Threads::Auto);
         assert!(matches!(m.output, Output::Classification(ref c) if c.top_k == 5));
+        Ok(())
     }
 
     #[test]
-    fn minimal_manifest_gets_defaults() {
+    fn minimal_manifest_gets_defaults() -> Result<()> {
         let m = parse(
             r#"{"format":"torchscript","file":"m.pt","input":{"type":"tensor","shape":[1,4]}}"#,
-        )
-        .unwrap();
+        )?;
         assert_eq!(m.max_batch, 8);
         assert!(m.warmup);
         assert_eq!(m.output, Output::Raw(RawOutput {}));
+        Ok(())
     }
 
     fn error_of(text: &str) -> (String, String) {

@@ -133,14 +133,14 @@ mod tests {
     }
 
     #[test]
-    fn resolution_stays_under_the_root() {
+    fn resolution_stays_under_the_root() -> std::io::Result<()> {
         let tmp = std::env::temp_dir().join(format!("lt-registry-{}", std::process::id()));
         let root = tmp.join("models");
-        std::fs::create_dir_all(root.join("good")).unwrap();
-        std::fs::write(root.join("good").join(MANIFEST_FILE), "{}").unwrap();
-        std::fs::create_dir_all(tmp.join("outside")).unwrap();
-        std::fs::write(tmp.join("outside").join(MANIFEST_FILE), "{}").unwrap();
-        std::os::unix::fs::symlink(tmp.join("outside"), root.join("escape")).unwrap();
+        std::fs::create_dir_all(root.join("good"))?;
+        std::fs::write(root.join("good").join(MANIFEST_FILE), "{}")?;
+        std::fs::create_dir_all(tmp.join("outside"))?;
+        std::fs::write(tmp.join("outside").join(MANIFEST_FILE), "{}")?;
+        std::os::unix::fs::symlink(tmp.join("outside"), root.join("escape"))?;
 
         assert!(resolve_name(&root, "good").is_ok());
         assert!(matches!(
@@ -155,6 +155,6 @@ mod tests {
             resolve_name(&root, ".."),
             Err(Error::ModelNotFound(_))
         ));
-        std::fs::remove_dir_all(&tmp).unwrap();
+        std::fs::remove_dir_all(&tmp)
     }
 }

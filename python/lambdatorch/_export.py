@@ -114,7 +114,7 @@ def export_model(
     optimize: bool = True,
 ) -> ExportReport:
     """:func:`export`, returning what it wrote and the parity numbers."""
-    torch = _torch()
+    torch = require_torch()
     if method not in ("trace", "script"):
         raise InvalidInput(f"method must be 'trace' or 'script', got {method!r}")
     if not isinstance(module, torch.nn.Module):
@@ -198,7 +198,35 @@ def export_model(
     )
 
 
-def _torch() -> Any:
+class FactoryError(Exception):
+    """The callable given to ``lambdatorch export`` failed or returned no module."""
+
+
+def export_factory(
+    factory: Callable[..., Any],
+    kwargs: dict[str, Any],
+    example_shape: Sequence[int],
+    out_dir: str | os.PathLike[str],
+    **options: Any,
+) -> ExportReport:
+    """What ``lambdatorch export`` does: build the module with ``factory(**kwargs)`` and export it
+    on a random example of ``example_shape`` (both seeded, so random-weight exports reproduce).
+    ``options`` are :func:`export_model`'s."""
+    torch = require_torch()
+    torch.manual_seed(0)
+    try:
+        module = factory(**kwargs)
+    except Exception as err:
+        raise FactoryError(f"(**{kwargs}) failed: {type(err).__name__}: {err}") from err
+    if not isinstance(module, torch.nn.Module):
+        raise FactoryError(f" returned {type(module).__name__}, not a torch.nn.Module")
+    torch.manual_seed(0)
+    example = torch.randn(list(example_shape))
+    return export_model(module, example, out_dir, **options)
+
+
+def require_torch() -> Any:
+    """Python torch, or ``ImportError`` saying how to install it."""
     try:
         import torch
     except ImportError as err:

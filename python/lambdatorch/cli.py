@@ -517,7 +517,7 @@ def _factory(spec: str) -> Callable[..., Any]:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from ._export import TORCH_MISSING, export_model
+    from ._export import FactoryError, export_factory, require_torch
 
     try:
         kwargs = json.loads(args.kwargs)
@@ -526,33 +526,24 @@ def export_command(args: argparse.Namespace) -> int:
     if not isinstance(kwargs, dict):
         raise CommandError("--kwargs: expected a JSON object, e.g. '{\"num_classes\": 10}'")
     try:
-        import torch
-    except ImportError as err:
-        raise CommandError(f"{TORCH_MISSING} (import torch: {err})") from err
-
+        require_torch()
+    except ImportError as err:  # no Python torch here
+        raise CommandError(str(err)) from err
     factory = _factory(args.module)
-    torch.manual_seed(0)  # random-weight exports are reproducible too
-    try:
-        module = factory(**kwargs)
-    except Exception as err:
-        raise CommandError(
-            f"{args.module}(**{kwargs}) failed: {type(err).__name__}: {err}"
-        ) from err
-    if not isinstance(module, torch.nn.Module):
-        raise CommandError(f"{args.module} returned {type(module).__name__}, not a torch.nn.Module")
-    torch.manual_seed(0)
-    example = torch.randn(args.example_shape)
     method = "script" if args.script else "trace"
     try:
-        report = export_model(
-            module,
-            example,
+        report = export_factory(
+            factory,
+            kwargs,
+            args.example_shape,
             args.out,
             preset=args.preset,
             labels=args.labels,
             method=method,
             optimize=not args.no_optimize,
         )
+    except FactoryError as err:
+        raise CommandError(f"{args.module}{err}") from err
     except (LambdaTorchError, OSError):
         raise
     except Exception as err:
@@ -565,7 +556,7 @@ def export_command(args: argparse.Namespace) -> int:
     print(f"wrote {written}")
     print(f"model.pt: {report.size} bytes, sha256 {report.sha256}")
     print(f"TorchScript: {report.method}, {report.optimization}")
-    shape = "x".join(map(str, example.shape))
+    shape = "x".join(map(str, args.example_shape))
     out = "x".join(map(str, report.output_shape))
     print(
         f"parity on a seeded random {shape} input: lambdatorch vs Python torch max abs diff "
