@@ -272,8 +272,17 @@ fn handle<'py>(py: Python<'py>, event: &Bound<'py, PyAny>) -> PyResult<Bound<'py
     let event: serde_json::Value = pythonize::depythonize(event)
         .map_err(|err| Error::invalid_input(format!("the event is not JSON-like data: {err}")))?;
     let reply = py.detach(|| {
-        let service = Service::global()?;
-        events::handle(service, event).reply()
+        let outcome = events::handle(Service::global()?, event);
+        // HTTP callers get a path-free message that points to the logs: this is that log line
+        // (direct invokes raise, and the Python runtime logs the exception itself).
+        if let (Err(err), true) = (&outcome.result, outcome.source.is_http()) {
+            let line = serde_json::json!({
+                "level": "WARN", "message": "request failed", "source": outcome.source.name(),
+                "error_type": err.kind().name(), "error": err.to_string(),
+            });
+            eprintln!("{line}");
+        }
+        outcome.reply()
     })?;
     pythonize::pythonize(py, &reply)
         .map_err(|err| Error::Inference(format!("internal: response to Python: {err}")).into())

@@ -132,11 +132,14 @@ for line in sys.stdin:
 class PythonHandler:
     """A fresh interpreter running ``lambda_handler``, one event per line."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log_path = log
+        self.log = log.open("w")
         self.process = subprocess.Popen(
             [sys.executable, "-S", "-c", PYTHON_DRIVER],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=self.log,
             text=True,
             env={**env, "PYTHONPATH": str(SITE)},
         )
@@ -155,6 +158,7 @@ class PythonHandler:
         self.process.wait(timeout=TIMEOUT)
         if self.process.stdout:
             self.process.stdout.close()
+        self.log.close()
 
 
 def free_port() -> int:
@@ -168,6 +172,7 @@ class NativeHandler:
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.port = free_port()
+        self.log_path = log
         self.log = log.open("w")
         self.emulator = subprocess.Popen(
             [
@@ -244,8 +249,9 @@ class NativeHandler:
 @pytest.fixture(scope="module")
 def handlers(models_root, tmp_path_factory):
     env = handler_env(models_root)
-    python = PythonHandler(env)
-    native = NativeHandler(env, tmp_path_factory.mktemp("logs") / "native.log")
+    logs = tmp_path_factory.mktemp("logs")
+    python = PythonHandler(env, logs / "python.log")
+    native = NativeHandler(env, logs / "native.log")
     try:
         yield {"python": python, "native": native}
     finally:
@@ -390,6 +396,18 @@ def test_bad_direct_invokes_are_function_errors(handlers, event, error):
         return
     assert reply["errorType"] == error, reply
     assert reply["errorMessage"]
+
+
+def test_http_errors_are_logged_with_the_details(handlers):
+    """The caller's message names no paths and points to the logs: the logs must have it."""
+    event = http_event("apigw-v2", b"not an image", "image/jpeg", {"model": "gray"})
+    assert both(handlers, event)["statusCode"] == 400
+    for handler in ("python", "native"):
+        log = handlers[handler].log_path.read_text()
+        failures = [json.loads(line) for line in log.splitlines() if '"request failed"' in line]
+        assert failures, f"{handler} logged no failure"
+        assert failures[-1]["error_type"] == "InvalidImage"
+        assert "unrecognized image format" in failures[-1]["error"]
 
 
 def test_bad_json_over_http_is_400(handlers):
