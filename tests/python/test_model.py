@@ -94,6 +94,16 @@ def test_load_is_cached_per_process(lt, tiny):
     assert again.predict(image_bytes("chelsea.jpg")) == tiny.predict(image_bytes("chelsea.jpg"))
 
 
+def test_arrays_are_handed_over_without_a_copy(tiny):
+    """preprocess and forward return arrays that view the Rust buffer (owned by a capsule)."""
+    x = tiny.preprocess(image_bytes("chelsea.jpg"))
+    y = tiny.forward(x)
+    for array in (x, y):
+        assert not array.flags.owndata
+        assert array.base is not None
+        assert array.flags.c_contiguous and array.flags.writeable
+
+
 def test_manifest_has_defaults_filled_in(tiny):
     manifest = tiny.manifest
     assert manifest["threads"] == "auto"
