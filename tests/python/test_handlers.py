@@ -434,3 +434,27 @@ def test_native_handler_reports_missing_libtorch(tmp_path):
     assert str(tmp_path / "lib") in report["errorMessage"]
     assert "2.13.0" in report["errorMessage"]
     assert "cannot open shared object" not in out.stderr
+
+
+def test_both_handlers_preload_during_init(models_root):
+    """A model named by LAMBDATORCH_PRELOAD is loaded at init: a wrong one fails init, clearly."""
+    env = {**handler_env(models_root), "LAMBDATORCH_PRELOAD": "tiny,nope"}
+    python = subprocess.run(
+        [sys.executable, "-S", "-c", "import lambdatorch.handler"],
+        env={**env, "PYTHONPATH": str(SITE)},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert python.returncode != 0
+    assert "lambdatorch.errors.ModelNotFound" in python.stderr and "nope" in python.stderr
+    native = subprocess.run(
+        [str(LAMBDA_BIN / "bootstrap")],
+        env={**env, "LAMBDATORCH_LIBTORCH": str(SITE / "torch" / "lib")},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert native.returncode != 0
+    failure = next(json.loads(line) for line in native.stdout.splitlines() if "preload" in line)
+    assert failure["error_type"] == "ModelNotFound" and "nope" in failure["error"]
