@@ -36,18 +36,6 @@ pub struct Pixels {
     data: Vec<u8>,
 }
 
-impl Pixels {
-    /// Width in pixels.
-    pub fn width(&self) -> u32 {
-        self.width
-    }
-
-    /// Height in pixels.
-    pub fn height(&self) -> u32 {
-        self.height
-    }
-}
-
 /// Reads the header, refuses images over `max_pixels` before any pixel buffer is allocated, then
 /// decodes and applies the EXIF orientation.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage> {

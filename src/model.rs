@@ -196,11 +196,6 @@ impl Model {
         &self.dir.manifest
     }
 
-    /// The model directory.
-    pub fn dir(&self) -> &ModelDir {
-        &self.dir
-    }
-
     /// Image preprocessing, or `InvalidInput` when the model takes tensors.
     pub fn preprocessor(&self) -> Result<&Preprocessor> {
         self.preprocessor.as_ref().ok_or_else(|| {
