@@ -152,6 +152,24 @@ impl Error {
     }
 }
 
+/// Runs `work` and turns a panic inside it into an [`Error::Inference`], so that no panic
+/// reaches Python or the Lambda runtime loop. Both bindings call the core through this.
+///
+/// Asserting unwind safety is sound here: what a request shares with later requests is either
+/// immutable once built (a loaded `Model`) or recovers from poisoning (the `Registry` lock).
+pub fn contain<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        Err(Error::Inference(format!(
+            "internal error (a bug in lambdatorch, please report it): {message}"
+        )))
+    })
+}
+
 impl From<tch::TchError> for Error {
     fn from(err: tch::TchError) -> Self {
         Error::Inference(first_line(&err.to_string()))
@@ -166,4 +184,24 @@ pub(crate) fn first_line(message: &str) -> String {
         .or_else(|| message.find("\nframe #"))
         .unwrap_or(message.len());
     message[..cut].trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panics_become_inference_errors() {
+        let caught = contain(|| -> Result<()> { panic!("boom {}", 42) });
+        assert!(matches!(&caught, Err(Error::Inference(m)) if m.contains("boom 42")));
+        let caught = contain(|| -> Result<()> { std::panic::panic_any(7u8) });
+        assert!(matches!(&caught, Err(Error::Inference(m)) if m.contains("no message")));
+        // A panic on a rayon worker reaches the caller's thread, where it is caught too.
+        let caught = contain(|| -> Result<()> {
+            rayon::scope(|s| s.spawn(|_| panic!("in a worker")));
+            Ok(())
+        });
+        assert!(matches!(&caught, Err(Error::Inference(m)) if m.contains("in a worker")));
+        assert_eq!(contain(|| Ok(3)).ok(), Some(3));
+    }
 }

@@ -18,7 +18,8 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::error::{contain, Error, Result};
+use crate::limits::Limits;
 use crate::model::TensorData;
 use crate::service::{Payload, Request, Response, Service};
 
@@ -95,12 +96,21 @@ pub struct Outcome {
     pub result: Result<Response>,
 }
 
-/// Runs one Lambda event through the service.
+/// Runs one Lambda event through the service. A panic anywhere in it becomes this event's
+/// `InferenceError` (for HTTP events, a 500 proxy response), never the handler's.
 pub fn handle(service: &Service, event: Value) -> Outcome {
     let source = Source::of(&event);
-    let max_payload = service.config().max_payload_bytes;
-    let result = parse(source, event, max_payload).and_then(|request| service.handle(request));
+    let limits = service.config().limits;
+    let result =
+        contain(|| parse_as(source, event, &limits).and_then(|request| service.handle(request)));
     Outcome { source, result }
+}
+
+/// Turns an event into the service's request, checking the payload limits on the way: what
+/// [`handle`] does before any model is involved.
+pub fn parse(event: Value, limits: &Limits) -> (Source, Result<Request>) {
+    let source = Source::of(&event);
+    (source, parse_as(source, event, limits))
 }
 
 impl Outcome {
@@ -207,9 +217,9 @@ fn event_of<T: serde::de::DeserializeOwned>(event: Value, what: &str) -> Result<
         .map_err(|err| Error::invalid_input(format!("malformed {what} event: {err}")))
 }
 
-fn parse(source: Source, event: Value, max_payload: u64) -> Result<Request> {
+fn parse_as(source: Source, event: Value, limits: &Limits) -> Result<Request> {
     let parts = match source {
-        Source::Direct => return parse_direct(event, max_payload),
+        Source::Direct => return parse_direct(event, limits),
         Source::ApiGatewayV1 => {
             let e: ApiGatewayProxyRequest = event_of(event, "API Gateway")?;
             let query = &e.query_string_parameters;
@@ -236,10 +246,10 @@ fn parse(source: Source, event: Value, max_payload: u64) -> Result<Request> {
             HttpParts::new(e.path, query, headers, e.body, e.is_base64_encoded)
         }
     };
-    parse_http(parts, max_payload)
+    parse_http(parts, limits)
 }
 
-fn parse_http(parts: HttpParts, max_payload: u64) -> Result<Request> {
+fn parse_http(parts: HttpParts, limits: &Limits) -> Result<Request> {
     let body = parts.body.unwrap_or_default();
     if body.is_empty() {
         return Err(Error::invalid_input(
@@ -247,7 +257,7 @@ fn parse_http(parts: HttpParts, max_payload: u64) -> Result<Request> {
              request",
         ));
     }
-    check_payload(body.len(), max_payload)?;
+    limits.check_payload(body.len())?;
     let bytes = if parts.is_base64_encoded {
         decode_base64(&body, "the request body")?
     } else {
@@ -260,7 +270,7 @@ fn parse_http(parts: HttpParts, max_payload: u64) -> Result<Request> {
     let mut request = if is_json {
         let json: Value = serde_json::from_slice(&bytes)
             .map_err(|err| Error::invalid_input(format!("the body is not valid JSON: {err}")))?;
-        parse_direct(json, max_payload)?
+        parse_direct(json, limits)?
     } else {
         Request {
             model: None,
@@ -291,18 +301,6 @@ fn model_from_path(path: Option<&str>) -> Option<String> {
     (prefix.ends_with("/models") || prefix == "models")
         .then(|| name.to_owned())
         .filter(|name| !name.is_empty())
-}
-
-fn check_payload(len: usize, max_payload: u64) -> Result<()> {
-    if len as u64 > max_payload {
-        return Err(Error::TooLarge {
-            what: "the request payload",
-            actual: format!("{len} bytes"),
-            limit: max_payload,
-            hint: " bytes (LAMBDATORCH_MAX_PAYLOAD_BYTES)",
-        });
-    }
-    Ok(())
 }
 
 fn decode_base64(text: &str, what: &str) -> Result<Vec<u8>> {
@@ -342,11 +340,27 @@ struct TensorRequest {
     data: Vec<f32>,
 }
 
-fn parse_direct(event: Value, max_payload: u64) -> Result<Request> {
+fn parse_direct(event: Value, limits: &Limits) -> Result<Request> {
     if !event.is_object() {
         return Err(Error::invalid_input(format!(
             "expected a JSON object with \"image\", \"images\" or \"tensor\", got {}",
             json_type(&event)
+        )));
+    }
+    // Sizes are checked on the JSON already in memory, before typed copies are made of it.
+    let length = |pointer: &str| {
+        event
+            .pointer(pointer)
+            .and_then(Value::as_array)
+            .map(Vec::len)
+    };
+    if let Some(elements) = length("/tensor/data") {
+        limits.check_tensor_elements(elements)?;
+    }
+    if let Some(images) = length("/images").filter(|&n| n > limits.max_batch) {
+        return Err(Error::invalid_input(format!(
+            "a batch of {images} inputs is over the limit of {} (LAMBDATORCH_MAX_BATCH)",
+            limits.max_batch
         )));
     }
     let direct: DirectRequest = serde_path_to_error::deserialize(event).map_err(|err| {
@@ -360,11 +374,11 @@ fn parse_direct(event: Value, max_payload: u64) -> Result<Request> {
     })?;
     let payload = match (direct.image, direct.images, direct.tensor) {
         (Some(image), None, None) => {
-            check_payload(image.len(), max_payload)?;
+            limits.check_payload(image.len())?;
             Payload::Image(decode_base64(&image, "\"image\"")?)
         }
         (None, Some(images), None) => {
-            check_payload(images.iter().map(String::len).sum(), max_payload)?;
+            limits.check_payload(images.iter().map(String::len).sum())?;
             let images = images
                 .iter()
                 .enumerate()
@@ -441,7 +455,13 @@ mod tests {
 
     #[test]
     fn direct_requests_are_checked() {
-        let err = |v: Value| parse_direct(v, 1 << 20).unwrap_err().to_string();
+        let limits = Limits {
+            max_payload_bytes: 1 << 20,
+            max_tensor_elements: 100,
+            max_batch: 4,
+            ..Limits::default()
+        };
+        let err = |v: Value| parse_direct(v, &limits).unwrap_err().to_string();
         assert!(err(json!({"image": 3})).contains("`image`"));
         assert!(err(json!({"img": "x"})).contains("unknown field `img`"));
         assert!(err(json!({})).contains("no input"));
@@ -449,10 +469,21 @@ mod tests {
         assert!(err(json!({"image": "AAAA", "images": []})).contains("only one"));
         assert!(err(json!({"tensor": {"shape": [2, 2], "data": [1.0]}})).contains("needs 4"));
         assert!(err(json!([1, 2])).contains("an array"));
+        assert!(err(json!({"tensor": {"shape": [1], "data": [f32::NAN]}})).contains("f32"));
+        assert!(
+            err(json!({"tensor": {"shape": [-1], "data": [1.0]}})).contains("`tensor.shape[0]`")
+        );
+        assert!(err(json!({"images": vec!["AAAA"; 5]})).contains("LAMBDATORCH_MAX_BATCH"));
         let big = "A".repeat(2 << 20);
         assert!(matches!(
-            parse_direct(json!({"image": big}), 1 << 20),
+            parse_direct(json!({"image": big}), &limits),
             Err(Error::TooLarge { .. })
+        ));
+        // Over the element limit: refused from the JSON's length, whatever the elements are.
+        let data = vec![json!("not even a number"); 101];
+        assert!(matches!(
+            parse_direct(json!({"tensor": {"shape": [101], "data": data}}), &limits),
+            Err(Error::TooLarge { limit: 100, .. })
         ));
     }
 }

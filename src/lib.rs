@@ -6,7 +6,8 @@
 //! torchvision does, [`model`] runs TorchScript through libtorch (crate `tch`), [`registry`] caches
 //! loaded models and maps request names to directories safely. [`service`] turns a request into a
 //! response and [`events`] maps Lambda events (direct, API Gateway v1/v2, Function URLs, ALB) to
-//! requests and responses to proxy responses: both handlers run exactly this code. The Python
+//! requests and responses to proxy responses: both handlers run exactly this code, with the
+//! [`limits`] checked before the work they guard and panics contained ([`contain`]). The Python
 //! extension (`python` feature, module `lambdatorch._core`) binds it without ever importing
 //! Python torch; the native handler (`lambda` feature, `src/bin/`) runs it on `lambda_runtime`.
 #![deny(missing_docs)]
@@ -15,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod image;
 pub mod libtorch;
+pub mod limits;
 pub mod manifest;
 pub mod model;
 pub mod registry;
@@ -23,6 +25,7 @@ pub mod service;
 #[cfg(feature = "python")]
 mod python;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{contain, Error, ErrorKind, Result};
+pub use limits::Limits;
 pub use model::{Model, Prediction, TensorData, LIBTORCH_VERSION};
 pub use registry::Registry;

@@ -13,7 +13,8 @@ use sha2::{Digest, Sha256};
 use tch::{CModule, Device, Kind, Tensor};
 
 use crate::error::{first_line, Error, Result};
-use crate::image::{ImageSource, Pixels, Preprocessor};
+use crate::image::{ImageSource, Preprocessor};
+use crate::limits::Limits;
 use crate::manifest::{ClassificationOutput, DType, Input, Manifest, ModelDir, Output, Threads};
 
 /// The libtorch version this build links against (tch 0.26).
@@ -62,17 +63,6 @@ fn short_score<S: serde::Serializer>(score: &f32, s: S) -> Result<S::Ok, S::Erro
     s.serialize_f64(short_f64(*score))
 }
 
-/// Validates a caller's `top_k` (at least 1; larger than the class count means all classes).
-pub fn checked_top_k(value: Option<i64>) -> Result<Option<usize>> {
-    match value {
-        None => Ok(None),
-        Some(k) if k >= 1 => Ok(Some(usize::try_from(k).unwrap_or(usize::MAX))),
-        Some(k) => Err(Error::invalid_input(format!(
-            "top_k must be at least 1, got {k}"
-        ))),
-    }
-}
-
 /// A dense tensor crossing the API boundary: shape and row-major data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorData<T> {
@@ -119,6 +109,7 @@ pub struct Model {
     dir: ModelDir,
     module: CModule,
     preprocessor: Option<Preprocessor>,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for Model {
@@ -130,8 +121,8 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    /// Loads the model a [`ModelDir`] describes. `max_pixels` bounds decoded images.
-    pub fn load(dir: ModelDir, max_pixels: u64) -> Result<Model> {
+    /// Loads the model a [`ModelDir`] describes; `limits` bound what its requests may ask for.
+    pub fn load(dir: ModelDir, limits: Limits) -> Result<Model> {
         let bytes = std::fs::read(&dir.model_file).map_err(|err| {
             Error::manifest(
                 &dir.manifest_path,
@@ -174,11 +165,12 @@ impl Model {
         let preprocessor = dir
             .manifest
             .image_input()
-            .map(|spec| Preprocessor::new(spec, max_pixels));
+            .map(|spec| Preprocessor::new(spec, limits.max_image_pixels));
         let model = Model {
             dir,
             module,
             preprocessor,
+            limits,
         };
         if model.manifest().warmup {
             model.warmup()?;
@@ -196,6 +188,11 @@ impl Model {
         &self.dir.manifest
     }
 
+    /// The limits this model's requests are held to.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// Image preprocessing, or `InvalidInput` when the model takes tensors.
     pub fn preprocessor(&self) -> Result<&Preprocessor> {
         self.preprocessor.as_ref().ok_or_else(|| {
@@ -209,19 +206,13 @@ impl Model {
     /// Runs images through the model: decode, preprocess into one batch, one forward pass.
     pub fn infer(&self, images: &[ImageSource<'_>]) -> Result<(TensorData<f32>, Timings)> {
         let started = Instant::now();
-        self.check_batch(images.len())?;
-        let pixels = parallel(images.len(), |i| {
-            self.pixels(images[i])
-                .map_err(|err| in_batch(err, i, images.len()))
-        })?;
-        let decoded = Instant::now();
-        let batch = self.batch_tensor(&pixels)?;
+        let (batch, [decode, preprocess]) = self.preprocess(images)?;
         let preprocessed = Instant::now();
-        let output = self.forward(&batch)?;
+        let output = self.run_input(&batch)?;
         let done = Instant::now();
         let timings = Timings {
-            decode: ms_between(started, decoded),
-            preprocess: ms_between(decoded, preprocessed),
+            decode,
+            preprocess,
             inference: ms_between(preprocessed, done),
             total: ms_between(started, done),
         };
@@ -256,35 +247,43 @@ impl Model {
         }
     }
 
-    /// Decodes an image (the `decode` stage).
-    pub fn pixels(&self, source: ImageSource<'_>) -> Result<Pixels> {
-        self.preprocessor()?.pixels(source)
-    }
-
-    /// Preprocesses decoded images into one NCHW float32 batch (the `preprocess` stage).
-    pub fn batch_tensor(&self, images: &[Pixels]) -> Result<TensorData<f32>> {
+    /// Decodes and preprocesses images into one NCHW float32 batch. Each image goes from bytes to
+    /// its slice of the batch on one worker thread, in parallel across images. Also returns the
+    /// wall time split between the `decode` and `preprocess` stages (in proportion to the time
+    /// the images spent in each).
+    pub fn preprocess(&self, images: &[ImageSource<'_>]) -> Result<(TensorData<f32>, [f64; 2])> {
+        let started = Instant::now();
         let pre = self.preprocessor()?;
         self.check_batch(images.len())?;
         let [c, h, w] = pre.chw();
         let len = pre.tensor_len();
         let mut data = vec![0f32; len * images.len()];
-        let chunks = data.chunks_exact_mut(len).zip(images);
-        match worker_pool() {
-            Some(pool) if images.len() > 1 => pool.install(|| {
-                chunks
-                    .par_bridge()
-                    .try_for_each(|(out, pixels)| pre.tensorize(pixels, out))
-            })?,
-            _ => {
-                for (out, pixels) in chunks {
-                    pre.tensorize(pixels, out)?;
-                }
+        let mut slots: Vec<_> = data.chunks_exact_mut(len).enumerate().collect();
+        let work = |(i, out): &mut (usize, &mut [f32])| {
+            pre.tensor_of(images[*i], out)
+                .map_err(|err| in_batch(err, *i, images.len()))
+        };
+        let stages: Vec<(f64, f64)> = match worker_pool() {
+            Some(pool) if images.len() > 1 => {
+                pool.install(|| slots.par_iter_mut().map(work).collect::<Result<_>>())?
             }
-        }
-        TensorData::new(vec![images.len(), c, h, w], data)
+            _ => slots.iter_mut().map(work).collect::<Result<_>>()?,
+        };
+        let wall = ms_between(started, Instant::now());
+        let (decode, preprocess) = stages
+            .iter()
+            .fold((0.0, 0.0), |(d, p), (di, pi)| (d + di, p + pi));
+        let share = if decode + preprocess > 0.0 {
+            decode / (decode + preprocess)
+        } else {
+            0.0
+        };
+        let batch = TensorData::new(vec![images.len(), c, h, w], data)?;
+        Ok((batch, [wall * share, wall * (1.0 - share)]))
     }
 
-    /// Refuses batches larger than the manifest's `max_batch`.
+    /// Refuses empty batches and batches larger than the manifest's `max_batch` or
+    /// `LAMBDATORCH_MAX_BATCH`.
     pub fn check_batch(&self, n: usize) -> Result<()> {
         let max = self.manifest().max_batch;
         if n == 0 {
@@ -295,37 +294,68 @@ impl Model {
                 "a batch of {n} inputs is over this model's max_batch of {max}"
             )));
         }
+        if n > self.limits.max_batch {
+            return Err(Error::invalid_input(format!(
+                "a batch of {n} inputs is over the limit of {} (LAMBDATORCH_MAX_BATCH)",
+                self.limits.max_batch
+            )));
+        }
         Ok(())
     }
 
-    /// Runs the model on an NCHW float32 batch; returns its output as float32.
+    /// Runs the model on a caller's float32 batch (NCHW for image models, the manifest's shape
+    /// for tensor models), after checking it; returns its output as float32.
     pub fn forward(&self, input: &TensorData<f32>) -> Result<TensorData<f32>> {
+        self.check_tensor(&input.shape)?;
+        if let Some(i) = input.data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::invalid_input(format!(
+                "the tensor holds {} at element {i}: inputs must be finite numbers",
+                input.data[i]
+            )));
+        }
+        self.run_input(input)
+    }
+
+    /// Runs the model on a tensor this crate built (a preprocessed batch, warmup zeros), whose
+    /// shape and values are right by construction and whose size `max_batch` bounds.
+    fn run_input(&self, input: &TensorData<f32>) -> Result<TensorData<f32>> {
         let shape: Vec<i64> = input.shape.iter().map(|&d| d as i64).collect();
         let tensor = Tensor::f_from_slice(&input.data)?.f_reshape(&shape)?;
         let tensor = match &self.dir.manifest.input {
-            Input::Tensor(spec) => {
-                self.check_tensor_shape(&input.shape, &spec.shape)?;
-                tensor.f_to_kind(kind_of(spec.dtype))?
-            }
+            Input::Tensor(spec) => tensor.f_to_kind(kind_of(spec.dtype))?,
             Input::Image(_) => tensor,
         };
         self.run(tensor)
     }
 
-    fn check_tensor_shape(&self, got: &[usize], want: &[i64]) -> Result<()> {
-        let fits = got.len() == want.len()
-            && got
+    /// Checks a caller's tensor shape against the model's input and the limits, before anything
+    /// is copied or run: callers that copy a tensor (the Python `forward`) call it first.
+    pub fn check_tensor(&self, shape: &[usize]) -> Result<()> {
+        let elements = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        self.limits
+            .check_tensor_elements(elements.unwrap_or(usize::MAX))?;
+        let want: Vec<i64> = match (&self.dir.manifest.input, &self.preprocessor) {
+            (Input::Tensor(spec), _) => spec.shape.clone(),
+            (Input::Image(_), Some(pre)) => {
+                let [c, h, w] = pre.chw();
+                vec![-1, c as i64, h as i64, w as i64]
+            }
+            (Input::Image(_), None) => return Ok(()),
+        };
+        let fits = shape.len() == want.len()
+            && shape
                 .iter()
-                .zip(want)
+                .zip(&want)
                 .enumerate()
                 .all(|(i, (&g, &w))| w == -1 || g as i64 == w || (i == 0 && g >= 1));
         if !fits {
             return Err(Error::invalid_input(format!(
-                "model {:?} takes tensors of shape {want:?} (batch first, -1 for any), got {got:?}",
+                "model {:?} takes tensors of shape {want:?} (batch first, -1 for any), got \
+                 {shape:?}",
                 self.name()
             )));
         }
-        self.check_batch(got.first().copied().unwrap_or(0))
+        self.check_batch(shape.first().copied().unwrap_or(0))
     }
 
     fn run(&self, input: Tensor) -> Result<TensorData<f32>> {
@@ -365,12 +395,18 @@ impl Model {
         } else {
             output.data.clone()
         };
+        if let Some(bad) = scores.iter().find(|v| !v.is_finite()) {
+            return Err(Error::Inference(format!(
+                "model {:?} returned a score of {bad}; its predictions would be meaningless",
+                self.name()
+            )));
+        }
         let labels = self.dir.labels.as_deref();
         Ok(scores
             .chunks_exact(classes.max(1))
             .map(|row| {
                 let mut order: Vec<usize> = (0..row.len()).collect();
-                // Highest score first; ties (and NaN) keep class order, so answers are stable.
+                // Highest score first; ties keep class order, so answers are stable.
                 order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
                 order
                     .into_iter()
@@ -397,7 +433,7 @@ impl Model {
             (Input::Image(_), None) => return Ok(()),
         };
         let zeros = TensorData::new(shape.clone(), vec![0f32; shape.iter().product()])?;
-        self.forward(&zeros).map_err(|err| {
+        self.run_input(&zeros).map_err(|err| {
             Error::Inference(format!(
                 "warmup of model {:?} on zeros of shape {shape:?} failed: {err}",
                 self.name()
@@ -420,15 +456,6 @@ fn worker_pool() -> Option<&'static rayon::ThreadPool> {
             .ok()
     })
     .as_ref()
-}
-
-/// `work(0..n)`, in parallel on the worker pool when there is more than one item; the first
-/// error wins.
-fn parallel<T: Send>(n: usize, work: impl Fn(usize) -> Result<T> + Sync) -> Result<Vec<T>> {
-    match worker_pool() {
-        Some(pool) if n > 1 => pool.install(|| (0..n).into_par_iter().map(&work).collect()),
-        _ => (0..n).map(work).collect(),
-    }
 }
 
 /// Prefixes an error with the input's position when it came in a batch.

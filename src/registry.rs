@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Error, Result};
-use crate::image::DEFAULT_MAX_IMAGE_PIXELS;
+use crate::limits::Limits;
 use crate::manifest::{ModelDir, MANIFEST_FILE};
 use crate::model::Model;
 
@@ -39,7 +39,7 @@ impl Registry {
         if let Some(model) = models.get(&key) {
             return Ok(Arc::clone(model));
         }
-        let model = Arc::new(Model::load(ModelDir::open(path)?, max_image_pixels()?)?);
+        let model = Arc::new(Model::load(ModelDir::open(path)?, Limits::from_env()?)?);
         models.insert(key, Arc::clone(&model));
         Ok(model)
     }
@@ -88,23 +88,6 @@ pub fn resolve_name(root: &Path, name: &str) -> Result<PathBuf> {
         return Err(not_found());
     }
     Ok(dir)
-}
-
-/// `LAMBDATORCH_MAX_IMAGE_PIXELS`, or its default.
-pub fn max_image_pixels() -> Result<u64> {
-    match std::env::var("LAMBDATORCH_MAX_IMAGE_PIXELS") {
-        Err(_) => Ok(DEFAULT_MAX_IMAGE_PIXELS),
-        Ok(value) => value
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| {
-                Error::invalid_input(format!(
-                    "LAMBDATORCH_MAX_IMAGE_PIXELS must be a positive integer, got {value:?}"
-                ))
-            }),
-    }
 }
 
 #[cfg(test)]

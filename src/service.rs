@@ -14,16 +14,13 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::image::ImageSource;
+use crate::limits::Limits;
 use crate::manifest::{Output, MANIFEST_FILE};
-use crate::model::{checked_top_k, Model, Prediction, TensorData, Timings};
+use crate::model::{Model, Prediction, TensorData, Timings};
 use crate::registry::{self, Registry};
 
 /// Where models live unless `LAMBDATORCH_MODELS` says otherwise.
 pub const DEFAULT_MODELS_ROOT: &str = "/mnt/efs/models";
-
-/// Lambda's limit for synchronous invocation payloads; larger requests are refused before
-/// decoding (`LAMBDATORCH_MAX_PAYLOAD_BYTES` lowers or raises it).
-pub const DEFAULT_MAX_PAYLOAD_BYTES: u64 = 6 * 1024 * 1024;
 
 /// Service configuration, from the environment (see the README's "Lambda handlers").
 #[derive(Debug, Clone)]
@@ -34,8 +31,8 @@ pub struct Config {
     pub default_model: Option<String>,
     /// `LAMBDATORCH_PRELOAD`: models loaded during init.
     pub preload: Vec<String>,
-    /// `LAMBDATORCH_MAX_PAYLOAD_BYTES`: request bodies and images, encoded.
-    pub max_payload_bytes: u64,
+    /// The limits requests are held to (`LAMBDATORCH_MAX_*`).
+    pub limits: Limits,
 }
 
 impl Config {
@@ -46,15 +43,6 @@ impl Config {
                 .ok()
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
-        };
-        registry::max_image_pixels()?;
-        let max_payload_bytes = match var("LAMBDATORCH_MAX_PAYLOAD_BYTES") {
-            None => DEFAULT_MAX_PAYLOAD_BYTES,
-            Some(value) => value.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
-                Error::invalid_input(format!(
-                    "LAMBDATORCH_MAX_PAYLOAD_BYTES must be a positive integer, got {value:?}"
-                ))
-            })?,
         };
         Ok(Config {
             models_root: PathBuf::from(
@@ -69,7 +57,7 @@ impl Config {
                         .collect()
                 })
                 .unwrap_or_default(),
-            max_payload_bytes,
+            limits: Limits::from_env()?,
         })
     }
 }
@@ -230,7 +218,7 @@ impl Service {
     /// Runs one request.
     pub fn handle(&self, request: Request) -> Result<Response> {
         let started = Instant::now();
-        let top_k = checked_top_k(request.top_k)?;
+        let top_k = self.config.limits.check_top_k(request.top_k)?;
         if let Payload::Images(images) = &request.payload {
             if images.is_empty() {
                 return Err(Error::invalid_input("\"images\" is empty"));
@@ -247,7 +235,7 @@ impl Service {
                     (Body::Predictions { predictions }, timings)
                 } else {
                     let (output, timings) = model.infer(&sources)?;
-                    (raw(output), timings)
+                    (raw(output)?, timings)
                 }
             }
             Payload::Images(images) => {
@@ -257,7 +245,7 @@ impl Service {
                     (batch(predictions), timings)
                 } else {
                     let (output, timings) = model.infer(&sources)?;
-                    (raw(output), timings)
+                    (raw(output)?, timings)
                 }
             }
             Payload::Tensor(tensor) => {
@@ -272,7 +260,7 @@ impl Service {
                         (batch(predictions), timings)
                     }
                 } else {
-                    (raw(output), timings)
+                    (raw(output)?, timings)
                 }
             }
         };
@@ -288,13 +276,19 @@ impl Service {
     }
 }
 
-fn raw(output: TensorData<f32>) -> Body {
-    Body::Raw {
+/// JSON has no NaN or infinity (serde would write `null`), so such outputs are errors.
+fn raw(output: TensorData<f32>) -> Result<Body> {
+    if let Some(bad) = output.data.iter().find(|v| !v.is_finite()) {
+        return Err(Error::Inference(format!(
+            "the model returned {bad}, which a JSON response cannot carry"
+        )));
+    }
+    Ok(Body::Raw {
         output: RawTensor {
             shape: output.shape,
             data: output.data,
         },
-    }
+    })
 }
 
 fn batch(predictions: Vec<Vec<Prediction>>) -> Body {

@@ -5,7 +5,9 @@
 //! `LAMBDATORCH_PRELOAD`, ...); preloading and warmup happen during Lambda's init phase. Each
 //! event runs through the same service core as the Python handler on a blocking thread, and one
 //! JSON log line per request carries the request id, the event source, the model and the stage
-//! timings. A panic anywhere in a request becomes an `InferenceError` for that request only.
+//! timings. A panic anywhere in a request becomes an `InferenceError` for that request only:
+//! `events::handle` catches it (so HTTP callers still get a proxy response), and a panic outside
+//! it would still only fail its own blocking task.
 
 use std::time::Instant;
 

@@ -19,10 +19,10 @@ use pyo3::pybacked::PyBackedBytes;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
-use crate::error::{Error, ErrorKind};
+use crate::error::{contain, Error, ErrorKind};
 use crate::events;
 use crate::image::ImageSource;
-use crate::model::{checked_top_k, Model, Prediction, TensorData, LIBTORCH_VERSION};
+use crate::model::{Model, Prediction, TensorData, LIBTORCH_VERSION};
 use crate::registry::Registry;
 use crate::service::Service;
 
@@ -33,6 +33,15 @@ impl From<Error> for PyErr {
             Err(lookup) => lookup,
         })
     }
+}
+
+/// Runs `work` without the GIL; a panic in it becomes an `InferenceError` (PyO3 would raise
+/// `PanicException`, which is no `LambdaTorchError` and not even an `Exception`).
+fn detached<T: Send>(
+    py: Python<'_>,
+    work: impl FnOnce() -> Result<T, Error> + Send,
+) -> PyResult<T> {
+    Ok(py.detach(|| contain(work))?)
 }
 
 /// The class of `lambdatorch.errors` for `kind`, looked up once per process.
@@ -167,7 +176,7 @@ impl PyModel {
         &self,
         py: Python<'_>,
         image: &Bound<'_, PyAny>,
-        top_k: Option<i64>,
+        top_k: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<PyPrediction>> {
         let mut batch = self.predict_batch(py, vec![image.clone()], top_k)?;
         Ok(batch.pop().unwrap_or_default())
@@ -178,9 +187,9 @@ impl PyModel {
         &self,
         py: Python<'_>,
         images: Vec<Bound<'_, PyAny>>,
-        top_k: Option<i64>,
+        top_k: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<Vec<PyPrediction>>> {
-        let top_k = checked_top_k(top_k)?;
+        let top_k = self.inner.limits().check_top_k(int_arg("top_k", top_k)?)?;
         let args = images
             .iter()
             .map(ImageArg::extract)
@@ -190,7 +199,7 @@ impl PyModel {
             .map(ImageArg::source)
             .collect::<Result<Vec<_>, _>>()?;
         let model = &self.inner;
-        let (predictions, _timings) = py.detach(|| model.predict(&sources, top_k))?;
+        let (predictions, _timings) = detached(py, || model.predict(&sources, top_k))?;
         Ok(predictions
             .into_iter()
             .map(|row| row.into_iter().map(PyPrediction::from).collect())
@@ -205,10 +214,7 @@ impl PyModel {
         let arg = ImageArg::extract(image)?;
         let source = arg.source()?;
         let model = &self.inner;
-        let tensor = py.detach(|| {
-            let pixels = model.pixels(source)?;
-            model.batch_tensor(&[pixels])
-        })?;
+        let (tensor, _) = detached(py, || model.preprocess(&[source]))?;
         let [n, c, h, w] = tensor.shape[..] else {
             return Err(
                 Error::Inference("internal: preprocess returned a non-4-D tensor".into()).into(),
@@ -232,7 +238,8 @@ impl PyModel {
         })?;
         let view = array.as_array();
         let model = &self.inner;
-        let output = py.detach(|| {
+        model.check_tensor(view.shape())?;
+        let output = detached(py, || {
             let input = TensorData::new(view.shape().to_vec(), view.iter().copied().collect())?;
             model.forward(&input)
         })?;
@@ -244,6 +251,19 @@ impl PyModel {
     fn __repr__(&self) -> String {
         format!("<lambdatorch.Model {:?}>", self.inner.name())
     }
+}
+
+/// An optional integer argument; anything else (a str, a float, an int beyond 64 bits) is
+/// `InvalidInput` rather than PyO3's `TypeError` or `OverflowError`.
+fn int_arg(name: &str, value: Option<&Bound<'_, PyAny>>) -> Result<Option<i64>, Error> {
+    value
+        .filter(|v| !v.is_none())
+        .map(|v| {
+            v.extract::<i64>().map_err(|_| {
+                Error::invalid_input(format!("{name} must be an integer, got {}", v.repr().map_or_else(|_| "?".into(), |r| r.to_string())))
+            })
+        })
+        .transpose()
 }
 
 fn describe_array(obj: &Bound<'_, PyAny>) -> String {
@@ -259,7 +279,7 @@ fn describe_array(obj: &Bound<'_, PyAny>) -> String {
 /// Loads (once per process) the model at a directory or manifest path.
 #[pyfunction]
 fn load(py: Python<'_>, path: PathBuf) -> PyResult<PyModel> {
-    let model = py.detach(|| Registry::global().load(&path))?;
+    let model = detached(py, || Registry::global().load(&path))?;
     Ok(PyModel { inner: model })
 }
 
@@ -271,7 +291,7 @@ fn load(py: Python<'_>, path: PathBuf) -> PyResult<PyModel> {
 fn handle<'py>(py: Python<'py>, event: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let event: serde_json::Value = pythonize::depythonize(event)
         .map_err(|err| Error::invalid_input(format!("the event is not JSON-like data: {err}")))?;
-    let reply = py.detach(|| {
+    let reply = detached(py, || {
         let outcome = events::handle(Service::global()?, event);
         // HTTP callers get a path-free message that points to the logs: this is that log line
         // (direct invokes raise, and the Python runtime logs the exception itself).
@@ -291,8 +311,14 @@ fn handle<'py>(py: Python<'py>, event: &Bound<'py, PyAny>) -> PyResult<Bound<'py
 /// Loads the models of `LAMBDATORCH_PRELOAD` (the Python handler calls it during init).
 #[pyfunction]
 fn preload(py: Python<'_>) -> PyResult<()> {
-    py.detach(|| Service::global()?.preload())?;
-    Ok(())
+    detached(py, || Service::global()?.preload())
+}
+
+/// Panics inside the binding boundary, as a bug would: lets tests check that a panic surfaces as
+/// `InferenceError` and leaves the process and its models usable.
+#[pyfunction]
+fn _panic_for_tests(py: Python<'_>, message: String) -> PyResult<()> {
+    detached(py, move || -> Result<(), Error> { panic!("{message}") })
 }
 
 /// Whether `name` is a valid model name (`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`).
@@ -311,6 +337,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(valid_model_name, m)?)?;
     m.add_function(wrap_pyfunction!(handle, m)?)?;
     m.add_function(wrap_pyfunction!(preload, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add("LIBTORCH_VERSION", LIBTORCH_VERSION)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
