@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import MODELS, image_bytes, model_dir
+from conftest import MODELS, bomb, image_bytes, model_dir
 
 
 @pytest.fixture
@@ -66,10 +66,38 @@ def test_wrong_types_are_invalid_input(lt, healthy, value):
         healthy.predict(value)
 
 
-@pytest.mark.parametrize("top_k", [0, -1])
+@pytest.mark.parametrize("top_k", [0, -1, -(2**63), 1001, 2**63 - 1])
 def test_bad_top_k(lt, healthy, top_k):
     with pytest.raises(lt.InvalidInput, match="top_k"):
         healthy.predict(image_bytes("chelsea.jpg"), top_k=top_k)
+
+
+@pytest.mark.parametrize("top_k", [2**64, "3", 2.5, [3]], ids=str)
+def test_top_k_must_be_an_integer(lt, healthy, top_k):
+    with pytest.raises(lt.InvalidInput, match="top_k must be an integer"):
+        healthy.predict(image_bytes("chelsea.jpg"), top_k=top_k)
+    with pytest.raises(lt.InvalidInput, match="top_k must be an integer"):
+        healthy.predict_batch([image_bytes("chelsea.jpg")], top_k=top_k)
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg", "gif"])
+def test_decompression_bombs_are_refused_from_the_header(lt, healthy, kind):
+    with pytest.raises(lt.ImageTooLarge, match="60000x60000"):
+        healthy.predict(bomb(kind))
+
+
+@pytest.mark.parametrize(
+    ("name", "color"), [("one_pixel.png", (200, 30, 60)), ("one_by_5000.png", (20, 130, 60))]
+)
+def test_extreme_aspect_ratios_give_the_right_tensor(tiny, name, color):
+    """A solid-colour image preprocesses to that colour, normalized, in every position."""
+    x = tiny.preprocess(image_bytes(name))
+    mean, std = tiny.manifest["input"]["mean"], tiny.manifest["input"]["std"]
+    expected = (np.array(color) / 255 - np.array(mean)) / np.array(std)
+    np.testing.assert_allclose(
+        x[0], np.broadcast_to(expected[:, None, None], x[0].shape), atol=1e-5
+    )
+    assert len(tiny.predict(image_bytes(name))) == 3
 
 
 def test_batch_limits(lt, healthy):
@@ -79,14 +107,105 @@ def test_batch_limits(lt, healthy):
         healthy.predict_batch([])
 
 
-def test_forward_wrong_dtype_and_shape(lt, healthy):
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.zeros((1, 3, 224, 224), np.float64),
+        np.zeros((1, 3, 224, 224), np.int32),
+        np.zeros((1, 3, 224, 224), bool),
+        np.zeros((1, 3, 224, 224), object),
+        [[0.0] * 4],
+        np.float32(1.0),
+    ],
+    ids=["float64", "int32", "bool", "object", "list", "scalar"],
+)
+def test_forward_wrong_dtypes(lt, healthy, value):
     with pytest.raises(lt.InvalidInput, match="float32"):
-        healthy.forward(np.zeros((1, 3, 224, 224), np.float64))
-    with pytest.raises(lt.InferenceError, match="the model failed"):
-        healthy.forward(np.zeros((1, 5, 224, 224), np.float32))
+        healthy.forward(value)
+
+
+@pytest.mark.parametrize(
+    ("model", "shape"),
+    [
+        ("tiny", (1, 5, 224, 224)),
+        ("tiny", (1, 3, 224)),
+        ("tiny", (0, 3, 224, 224)),
+        ("tiny", ()),
+        ("tensor", (2, 5)),
+        ("tensor", (4,)),
+        ("tensor", (0, 4)),
+    ],
+    ids=str,
+)
+def test_forward_wrong_shapes(lt, healthy, model, shape):
+    with pytest.raises(lt.InvalidInput, match=r"shape|batch is empty"):
+        lt.load(MODELS / model).forward(np.zeros(shape, np.float32))
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_forward_refuses_non_finite_numbers(lt, value):
     tensor = lt.load(MODELS / "tensor")
-    with pytest.raises(lt.InvalidInput, match=r"shape \[-1, 4\]"):
-        tensor.forward(np.zeros((2, 5), np.float32))
+    x = np.zeros((2, 4), np.float32)
+    x[1, 2] = value
+    with pytest.raises(
+        lt.InvalidInput, match=f"holds {'NaN' if np.isnan(value) else value}.* element 6"
+    ):
+        tensor.forward(x)
+    assert np.isfinite(tensor.forward(np.zeros((2, 4), np.float32))).all()
+
+
+def test_forward_takes_strided_views(lt):
+    """Non-contiguous and Fortran-ordered arrays give the same answer as contiguous ones."""
+    tensor = lt.load(MODELS / "tensor")
+    x = np.arange(24, dtype=np.float32).reshape(6, 4) / 24
+    expected = tensor.forward(np.ascontiguousarray(x[::2]))
+    np.testing.assert_array_equal(tensor.forward(x[::2]), expected)
+    np.testing.assert_array_equal(tensor.forward(np.asfortranarray(x[::2])), expected)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "call", "error", "message"),
+    [
+        ("LAMBDATORCH_MAX_TENSOR_ELEMENTS", "10", "forward", "ImageTooLarge", "12 elements"),
+        ("LAMBDATORCH_MAX_BATCH", "2", "batch", "InvalidInput", "LAMBDATORCH_MAX_BATCH"),
+        ("LAMBDATORCH_MAX_TOP_K", "2", "top_k", "InvalidInput", "LAMBDATORCH_MAX_TOP_K"),
+    ],
+    ids=["tensor-elements", "batch", "top-k"],
+)
+def test_limits_come_from_the_environment(
+    lt, tmp_path, monkeypatch, variable, value, call, error, message
+):
+    monkeypatch.setenv(variable, value)
+    tensor = lt.load(model_dir(tmp_path, "tensor"))
+    tiny = lt.load(model_dir(tmp_path, "tiny"))
+    image = image_bytes("chelsea.jpg")
+    run = {
+        "forward": lambda: tensor.forward(np.zeros((3, 4), np.float32)),
+        "batch": lambda: tiny.predict_batch([image] * 3),
+        "top_k": lambda: tiny.predict(image, top_k=3),
+    }[call]
+    with pytest.raises(getattr(lt, error), match=message) as info:
+        run()
+    assert variable in str(info.value)
+    assert tensor.forward(np.zeros((2, 4), np.float32)).shape == (2, 3)
+    assert len(tiny.predict_batch([image] * 2, top_k=2)) == 2
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "lots", "1e6"])
+def test_bad_limit_values_are_refused(lt, tmp_path, monkeypatch, value):
+    monkeypatch.setenv("LAMBDATORCH_MAX_TENSOR_ELEMENTS", value)
+    with pytest.raises(lt.InvalidInput, match="LAMBDATORCH_MAX_TENSOR_ELEMENTS must be a positive"):
+        lt.load(model_dir(tmp_path, "tensor"))
+
+
+def test_panics_become_inference_errors(lt, healthy):
+    """A panic (a bug) inside the extension raises InferenceError, not PyO3's PanicException
+    (a BaseException), and leaves the process and the model working (``healthy`` checks)."""
+    from lambdatorch._libtorch import import_core
+
+    for _ in range(3):
+        with pytest.raises(lt.InferenceError, match=r"internal error.*boom"):
+            import_core()._panic_for_tests("boom")
 
 
 def test_model_kinds_are_checked(lt):
