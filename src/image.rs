@@ -6,14 +6,17 @@
 //! resampling uses `fast_image_resize`, whose convolution filters are Pillow's, which torchvision's
 //! antialiased resize reproduces. This module knows nothing of models, Python or Lambda.
 
+use std::cell::RefCell;
 use std::io::Cursor;
 
 use fast_image_resize as fir;
-use image::{DynamicImage, ImageDecoder, ImageReader};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageReader};
 use ndarray::ArrayView3;
 
 use crate::error::{Error, Result};
-use crate::manifest::{Color, Crop, ImageInput, Interpolation};
+use crate::jpeg;
+use crate::manifest::{Color, Crop, Decode, ImageInput, Interpolation};
 
 /// Default for `LAMBDATORCH_MAX_IMAGE_PIXELS`: 40 megapixels, above any phone camera.
 pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 40_000_000;
@@ -27,34 +30,48 @@ pub enum ImageSource<'a> {
     Array(ArrayView3<'a, u8>),
 }
 
-/// Decoded 8-bit pixels in the channel layout the model wants (1 or 3 channels, RGB order).
+/// Decoded 8-bit pixels in the channel layout the model wants (1 or 3 channels, RGB order),
+/// possibly at a reduced scale (`decode: "fast"`).
 #[derive(Debug, Clone)]
 pub struct Pixels {
     width: u32,
     height: u32,
     channels: usize,
     data: Vec<u8>,
+    /// The image's size at full resolution, after orientation: the geometry torchvision computes
+    /// its resize and crop from.
+    full: (u32, u32),
+    /// Full-resolution pixels per decoded pixel: 1, or the JPEG's DCT scaling denominator.
+    denominator: u32,
+}
+
+impl Pixels {
+    fn new(width: u32, height: u32, channels: usize, data: Vec<u8>) -> Pixels {
+        Pixels {
+            width,
+            height,
+            channels,
+            data,
+            full: (width, height),
+            denominator: 1,
+        }
+    }
 }
 
 /// Reads the header, refuses images over `max_pixels` before any pixel buffer is allocated, then
-/// decodes and applies the EXIF orientation.
-pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage> {
+/// decodes and applies the EXIF orientation. For the formats other than JPEG (the `image` crate).
+fn decode_other(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage> {
     if bytes.is_empty() {
         return Err(Error::InvalidImage("the image is empty (0 bytes)".into()));
     }
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|err| Error::InvalidImage(format!("cannot read the image: {err}")))?;
-    if reader.format().is_none() {
+    if reader.format().is_none() || jpeg::is_jpeg(bytes) {
         return Err(Error::InvalidImage(format!(
             "unrecognized image format (starts with {}); send JPEG, PNG, WebP, GIF or BMP",
             hex_prefix(bytes)
         )));
-    }
-    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_has_end(bytes) {
-        return Err(Error::InvalidImage(
-            "the JPEG is truncated (no end-of-image marker after its last scan)".into(),
-        ));
     }
     let mut decoder = reader.into_decoder().map_err(invalid_image)?;
     let (width, height) = decoder.dimensions();
@@ -65,17 +82,6 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage> {
     let mut image = DynamicImage::from_decoder(decoder).map_err(invalid_image)?;
     image.apply_orientation(orientation);
     Ok(image)
-}
-
-/// Whether a JPEG's last scan is followed by the end-of-image marker. Inside entropy-coded data a
-/// 0xFF byte is always stuffed (`FF 00`) or a restart marker, so `FF D9` there can only be EOI.
-/// Decoders fill a truncated scan with grey instead of failing; a cut-off upload must not pass.
-fn jpeg_has_end(bytes: &[u8]) -> bool {
-    let last_scan = bytes
-        .windows(2)
-        .rposition(|w| w == [0xFF, 0xDA])
-        .unwrap_or(0);
-    bytes[last_scan..].windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 fn invalid_image(err: image::ImageError) -> Error {
@@ -117,6 +123,121 @@ fn check_pixels(width: u32, height: u32, max_pixels: u64) -> Result<()> {
     Ok(())
 }
 
+thread_local! {
+    /// This thread's libjpeg-turbo decompressor, created on first use.
+    static JPEG_DECODER: RefCell<Option<jpeg::Decoder>> = const { RefCell::new(None) };
+    /// Pixel buffers of earlier images, reused so that a request does not page-fault its way
+    /// through tens of megabytes of fresh memory. At most [`SPARE_BUFFERS`] per thread, each as
+    /// large as the largest image this thread has seen (bounded by the pixel limit).
+    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    /// fast_image_resize's scratch space, likewise reused.
+    static RESIZER: RefCell<fir::Resizer> = RefCell::new(fir::Resizer::new());
+}
+
+/// Spare pixel buffers kept per thread: decode, colour conversion or rotation, horizontal pass.
+const SPARE_BUFFERS: usize = 3;
+
+fn spare_buffer() -> Vec<u8> {
+    SPARE.with_borrow_mut(Vec::pop).unwrap_or_default()
+}
+
+fn recycle(buffer: Vec<u8>) {
+    SPARE.with_borrow_mut(|spare| {
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buffer);
+        }
+    });
+}
+
+/// Decodes a JPEG with libjpeg-turbo, at 1/`denominator(width, height)` scale (oriented size),
+/// in the model's colour layout, with the EXIF orientation applied.
+fn decode_jpeg(
+    bytes: &[u8],
+    color: Color,
+    max_pixels: u64,
+    denominator: impl Fn(u32, u32, bool) -> u32,
+) -> Result<Pixels> {
+    if !jpeg::has_end_marker(bytes) {
+        return Err(Error::InvalidImage(
+            "the JPEG is truncated (no end-of-image marker after its last scan)".into(),
+        ));
+    }
+    JPEG_DECODER.with_borrow_mut(|slot| {
+        let decoder = match slot {
+            Some(decoder) => decoder,
+            None => slot.insert(jpeg::Decoder::new()?),
+        };
+        let header = decoder.header(bytes)?;
+        check_pixels(header.width, header.height, max_pixels)?;
+        let orientation = jpeg::orientation(bytes);
+        let swaps = matches!(
+            orientation,
+            Orientation::Rotate90
+                | Orientation::Rotate270
+                | Orientation::Rotate90FlipH
+                | Orientation::Rotate270FlipH
+        );
+        let full = if swaps {
+            (header.height, header.width)
+        } else {
+            (header.width, header.height)
+        };
+        let scale = denominator(full.0, full.1, header.lossless);
+        let layout = match (header.layout, color) {
+            (jpeg::Layout::Cmyk, _) => jpeg::Layout::Cmyk,
+            (jpeg::Layout::Gray, Color::Gray) => jpeg::Layout::Gray,
+            _ => jpeg::Layout::Rgb,
+        };
+        let mut data = spare_buffer();
+        let (width, height) = decoder.decode(bytes, &header, layout, scale, &mut data)?;
+        if layout == jpeg::Layout::Cmyk {
+            let mut rgb = spare_buffer();
+            jpeg::cmyk_to_rgb(&data, &mut rgb);
+            recycle(std::mem::replace(&mut data, rgb));
+        }
+        let channels = if layout == jpeg::Layout::Gray { 1 } else { 3 };
+        if channels == 3 && color == Color::Gray {
+            to_luma_in_place(&mut data);
+        }
+        let mut pixels = Pixels::new(width, height, color.channels(), data);
+        if orientation != Orientation::NoTransforms {
+            pixels = orient(pixels, orientation);
+        }
+        pixels.full = full;
+        pixels.denominator = scale;
+        Ok(pixels)
+    })
+}
+
+/// Rewrites packed RGB as luma, in the same buffer.
+fn to_luma_in_place(data: &mut Vec<u8>) {
+    let pixels = data.len() / 3;
+    for i in 0..pixels {
+        data[i] = luma(data[3 * i], data[3 * i + 1], data[3 * i + 2]);
+    }
+    data.truncate(pixels);
+}
+
+/// Applies an EXIF orientation (rotations need a new buffer; the old one is recycled).
+fn orient(pixels: Pixels, orientation: Orientation) -> Pixels {
+    let Pixels {
+        width,
+        height,
+        channels,
+        data,
+        ..
+    } = pixels;
+    let mut image = if channels == 1 {
+        ImageBuffer::from_raw(width, height, data).map(DynamicImage::ImageLuma8)
+    } else {
+        ImageBuffer::from_raw(width, height, data).map(DynamicImage::ImageRgb8)
+    }
+    .expect("decoded buffer matches its size");
+    image.apply_orientation(orientation);
+    let (width, height) = (image.width(), image.height());
+    Pixels::new(width, height, channels, image.into_bytes())
+}
+
 /// Pillow's `convert("L")`: ITU-R 601-2 luma in 16-bit fixed point, rounded.
 fn luma(r: u8, g: u8, b: u8) -> u8 {
     ((u32::from(r) * 19595 + u32::from(g) * 38470 + u32::from(b) * 7471 + 0x8000) >> 16) as u8
@@ -138,12 +259,7 @@ fn to_pixels(image: DynamicImage, color: Color) -> Pixels {
                 .collect(),
         },
     };
-    Pixels {
-        width,
-        height,
-        channels: color.channels(),
-        data,
-    }
+    Pixels::new(width, height, color.channels(), data)
 }
 
 /// Converts an HxWxC uint8 array (C = 1, 3 or 4) to [`Pixels`] in the model's colour.
@@ -164,7 +280,9 @@ fn array_to_pixels(array: ArrayView3<'_, u8>, color: Color, max_pixels: u64) -> 
         other => other,
     })?;
     let out_channels = color.channels();
-    let mut data = Vec::with_capacity(width * height * out_channels);
+    let mut data = spare_buffer();
+    data.clear();
+    data.reserve(width * height * out_channels);
     for row in array.outer_iter() {
         for px in row.outer_iter() {
             let (r, g, b) = if channels == 1 {
@@ -179,12 +297,7 @@ fn array_to_pixels(array: ArrayView3<'_, u8>, color: Color, max_pixels: u64) -> 
             }
         }
     }
-    Ok(Pixels {
-        width: w,
-        height: h,
-        channels: out_channels,
-        data,
-    })
+    Ok(Pixels::new(w, h, out_channels, data))
 }
 
 /// One axis of torchvision's `CenterCrop` after `Resize`: which resized rows (or columns) land
@@ -306,15 +419,60 @@ impl Preprocessor {
         self.chw().iter().product()
     }
 
-    /// Decodes (or takes) the image and converts it to the model's colour layout.
+    /// Decodes (or takes) the image and converts it to the model's colour layout. With
+    /// `decode: "fast"`, JPEGs decode at the smallest DCT scale that still covers the resize.
     pub fn pixels(&self, source: ImageSource<'_>) -> Result<Pixels> {
         match source {
+            ImageSource::Encoded(bytes) if jpeg::is_jpeg(bytes) => decode_jpeg(
+                bytes,
+                self.spec.color,
+                self.max_pixels,
+                |w, h, lossless| match self.spec.decode {
+                    Decode::Fast if !lossless => self.fast_denominator(w, h),
+                    _ => 1,
+                },
+            ),
             ImageSource::Encoded(bytes) => {
-                let image = decode(bytes, self.max_pixels)?;
+                let image = decode_other(bytes, self.max_pixels)?;
                 Ok(to_pixels(image, self.spec.color))
             }
             ImageSource::Array(array) => array_to_pixels(array, self.spec.color, self.max_pixels),
         }
+    }
+
+    /// Decodes and preprocesses one image into `out` (CHW, `tensor_len()` floats): the whole
+    /// path of one image on one thread, its buffers recycled for the next. Returns the
+    /// milliseconds spent decoding and preprocessing.
+    pub fn tensor_of(&self, source: ImageSource<'_>, out: &mut [f32]) -> Result<(f64, f64)> {
+        let started = std::time::Instant::now();
+        let pixels = self.pixels(source)?;
+        let decoded = std::time::Instant::now();
+        let result = self.tensorize(&pixels, out);
+        recycle(pixels.data);
+        result?;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        Ok((ms(decoded - started), ms(decoded.elapsed())))
+    }
+
+    /// The largest DCT scale 1/d (d = 8, 4, 2) at which an image of `width` x `height` still
+    /// covers the resize without upsampling: the shorter side at least the resize target (center
+    /// crop), or each side at least the output size (no crop), in whole pixels as Pillow's
+    /// `draft()` counts them. 1 if none does.
+    fn fast_denominator(&self, width: u32, height: u32) -> u32 {
+        let [size_h, size_w] = self.spec.size;
+        let covers = |d: u32| match self.spec.crop {
+            Crop::Center => width.min(height) / d >= self.resize_shorter(),
+            Crop::None => width / d >= size_w && height / d >= size_h,
+        };
+        [8, 4, 2].into_iter().find(|&d| covers(d)).unwrap_or(1)
+    }
+
+    /// torchvision's `Resize` target for the shorter side (the crop size when not given).
+    fn resize_shorter(&self) -> u32 {
+        let [size_h, size_w] = self.spec.size;
+        self.spec
+            .resize_shorter
+            .unwrap_or_else(|| size_h.max(size_w))
     }
 
     /// Resizes, crops and normalizes `pixels` into `out` (CHW, `tensor_len()` floats).
@@ -327,14 +485,13 @@ impl Preprocessor {
             )));
         }
         let [size_h, size_w] = self.spec.size;
+        // The geometry comes from the full-resolution size, so a scaled decode lands on the
+        // same output grid as the exact path.
+        let (full_w, full_h) = pixels.full;
         let (rows, cols) = match self.spec.crop {
             Crop::None => (Span::full(size_h), Span::full(size_w)),
             Crop::Center => {
-                let shorter = self
-                    .spec
-                    .resize_shorter
-                    .unwrap_or_else(|| size_h.max(size_w));
-                let (rh, rw) = resized_size(pixels.height, pixels.width, shorter);
+                let (rh, rw) = resized_size(full_h, full_w, self.resize_shorter());
                 (Span::center(rh, size_h), Span::center(rw, size_w))
             }
         };
@@ -345,10 +502,11 @@ impl Preprocessor {
             }
         }
         if self.spec.interpolation == Interpolation::Nearest {
+            let d = pixels.denominator;
             let sample = |y: u32, x: u32| {
-                let sy = nearest_index(y, pixels.height, rows.resized) as usize;
-                let sx = nearest_index(x, pixels.width, cols.resized) as usize;
-                (sy * pixels.width as usize + sx) * pixels.channels
+                let sy = (nearest_index(y, full_h, rows.resized) / d).min(pixels.height - 1);
+                let sx = (nearest_index(x, full_w, cols.resized) / d).min(pixels.width - 1);
+                (sy as usize * pixels.width as usize + sx as usize) * pixels.channels
             };
             self.write(rows, cols, &pixels.data, sample, out);
             return Ok(());
@@ -360,6 +518,7 @@ impl Preprocessor {
             (y as usize * stride + x as usize) * pixels.channels
         };
         self.write(rows, cols, &window, sample, out);
+        recycle(window);
         Ok(())
     }
 
@@ -367,61 +526,78 @@ impl Preprocessor {
     /// window the crop keeps (`cols.len` x `rows.len` pixels, row-major).
     ///
     /// Each output pixel's filter is centred and clipped exactly as in a full resize: the source
-    /// window handed to fast_image_resize starts at the crop offset times the scale, and the
-    /// filter still clips at the real image borders.
+    /// box handed to fast_image_resize starts at the crop offset times the scale, and the filter
+    /// still clips at the real image borders. The horizontal pass only covers the source rows the
+    /// vertical pass reads.
     fn resize_window(&self, pixels: &Pixels, rows: Span, cols: Span) -> Result<Vec<u8>> {
         let pixel_type = if pixels.channels == 1 {
             fir::PixelType::U8
         } else {
             fir::PixelType::U8x3
         };
-        let filter = match self.spec.interpolation {
-            Interpolation::Bicubic => fir::FilterType::CatmullRom,
-            Interpolation::Lanczos3 => fir::FilterType::Lanczos3,
-            Interpolation::Bilinear | Interpolation::Nearest => fir::FilterType::Bilinear,
+        let (filter, support) = match self.spec.interpolation {
+            Interpolation::Bicubic => (fir::FilterType::CatmullRom, 2.0),
+            Interpolation::Lanczos3 => (fir::FilterType::Lanczos3, 3.0),
+            Interpolation::Bilinear | Interpolation::Nearest => (fir::FilterType::Bilinear, 1.0),
         };
         let algorithm = fir::ResizeAlg::Convolution(filter);
-        let mut resizer = fir::Resizer::new();
-        // One pass: `from` is resized to `to`, reading the source box (left, top, width, height).
-        let mut pass = |data: &[u8], from: (u32, u32), to: (u32, u32), src: [f64; 4]| {
-            let internal = |err: String| Error::Inference(format!("internal: resize: {err}"));
-            let image = fir::images::ImageRef::new(from.0, from.1, data, pixel_type)
-                .map_err(|err| internal(err.to_string()))?;
-            let mut dst = fir::images::Image::new(to.0, to.1, pixel_type);
-            let options = fir::ResizeOptions::new()
-                .resize_alg(algorithm)
-                .crop(src[0], src[1], src[2], src[3]);
-            resizer
-                .resize(&image, &mut dst, &options)
-                .map_err(|err| internal(err.to_string()))?;
-            Ok::<_, Error>(dst.into_vec())
-        };
+        let internal = |err: String| Error::Inference(format!("internal: resize: {err}"));
+        // One pass: `src` (`from` pixels, row-major) is resized into `dst` (`to` pixels), reading
+        // the source box (left, top, width, height).
+        let pass =
+            |src: &[u8], from: (u32, u32), dst: &mut Vec<u8>, to: (u32, u32), b: [f64; 4]| {
+                dst.clear();
+                dst.resize(to.0 as usize * to.1 as usize * pixels.channels, 0);
+                let image = fir::images::ImageRef::new(from.0, from.1, src, pixel_type)
+                    .map_err(|err| internal(err.to_string()))?;
+                let mut out = fir::images::Image::from_slice_u8(to.0, to.1, dst, pixel_type)
+                    .map_err(|err| internal(err.to_string()))?;
+                let options = fir::ResizeOptions::new()
+                    .resize_alg(algorithm)
+                    .crop(b[0], b[1], b[2], b[3]);
+                RESIZER
+                    .with_borrow_mut(|resizer| resizer.resize(&image, &mut out, &options))
+                    .map_err(|err| internal(err.to_string()))
+            };
         let (w0, h0) = (pixels.width, pixels.height);
-        let scale_x = f64::from(w0) / f64::from(cols.resized);
-        let scale_y = f64::from(h0) / f64::from(rows.resized);
-        let (left, width) = (
-            f64::from(cols.src_start) * scale_x,
-            f64::from(cols.len) * scale_x,
-        );
-        let (top, height) = (
-            f64::from(rows.src_start) * scale_y,
-            f64::from(rows.len) * scale_y,
-        );
+        // Decoded pixels per resized pixel; a scaled decode (1/d) covers `full / d` of them.
+        let d = f64::from(pixels.denominator);
+        let scale_x = f64::from(pixels.full.0) / d / f64::from(cols.resized);
+        let scale_y = f64::from(pixels.full.1) / d / f64::from(rows.resized);
+        // Clamped to the image: `len * (size / resized)` can round one ulp past the border.
+        let left = f64::from(cols.src_start) * scale_x;
+        let width = (f64::from(cols.len) * scale_x).min(f64::from(w0) - left);
+        let top = f64::from(rows.src_start) * scale_y;
+        let height = (f64::from(rows.len) * scale_y).min(f64::from(h0) - top);
+        // Source rows under the vertical filter: its support widens with the downscale factor;
+        // one row of margin covers Pillow's rounding of the window bounds.
+        let reach = support * scale_y.max(1.0) + 1.0;
+        let first = ((top - reach).floor().max(0.0) as u32).min(h0 - 1);
+        let last = ((top + height + reach).ceil() as u32).clamp(first + 1, h0);
+        let stride = w0 as usize * pixels.channels;
+        let band = &pixels.data[first as usize * stride..last as usize * stride];
+        let band_h = last - first;
         // Horizontal pass first, then vertical, as Pillow and torchvision's uint8 path do: each pass
         // rounds and clips to 8 bits, so the order shows wherever a filter overshoots (edges).
         // fast_image_resize alone would run the vertical pass first for u8 images.
-        let wide = pass(
-            &pixels.data,
-            (w0, h0),
-            (cols.len, h0),
-            [left, 0.0, width, f64::from(h0)],
+        let mut wide = spare_buffer();
+        pass(
+            band,
+            (w0, band_h),
+            &mut wide,
+            (cols.len, band_h),
+            [left, 0.0, width, f64::from(band_h)],
         )?;
+        let mut window = spare_buffer();
         pass(
             &wide,
-            (cols.len, h0),
+            (cols.len, band_h),
+            &mut window,
             (cols.len, rows.len),
-            [0.0, top, f64::from(cols.len), height],
-        )
+            [0.0, top - f64::from(first), f64::from(cols.len), height],
+        )?;
+        recycle(wide);
+        Ok(window)
     }
 
     /// Scales, normalizes and transposes HWC pixels to CHW floats, in one pass over the crop.
@@ -482,6 +658,22 @@ mod tests {
     }
 
     #[test]
+    fn fast_scale_is_the_largest_that_covers_the_resize() {
+        let pre = |json: &str| {
+            let spec: ImageInput = serde_json::from_str(json).unwrap();
+            Preprocessor::new(&spec, DEFAULT_MAX_IMAGE_PIXELS)
+        };
+        let center = pre(r#"{"size": [224, 224], "resize_shorter": 256, "decode": "fast"}"#);
+        assert_eq!(center.fast_denominator(4000, 3000), 8); // 375 >= 256
+        assert_eq!(center.fast_denominator(1408, 950), 2); // 475; 1/4 would give 238
+        assert_eq!(center.fast_denominator(2048, 1024), 4); // exactly 256
+        assert_eq!(center.fast_denominator(2048, 1023), 2); // 255.75 < 256
+        assert_eq!(center.fast_denominator(600, 400), 1);
+        let stretch = pre(r#"{"size": [100, 300], "crop": "none", "decode": "fast"}"#);
+        assert_eq!(stretch.fast_denominator(1200, 1600), 4); // width 300, height 400
+    }
+
+    #[test]
     fn luma_matches_pillow() {
         assert_eq!(luma(255, 255, 255), 255);
         assert_eq!(luma(255, 0, 0), 76);
@@ -491,9 +683,12 @@ mod tests {
 
     #[test]
     fn empty_and_garbage_are_invalid_images() {
-        assert!(matches!(decode(b"", 100), Err(Error::InvalidImage(_))));
         assert!(matches!(
-            decode(b"hello world", 100),
+            decode_other(b"", 100),
+            Err(Error::InvalidImage(_))
+        ));
+        assert!(matches!(
+            decode_other(b"hello world", 100),
             Err(Error::InvalidImage(_))
         ));
     }

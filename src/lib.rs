@@ -15,6 +15,7 @@
 pub mod error;
 pub mod events;
 pub mod image;
+pub mod jpeg;
 pub mod libtorch;
 pub mod limits;
 pub mod manifest;
