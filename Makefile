@@ -23,6 +23,7 @@ PY_SOURCES := pyproject.toml $(shell find python -type f \( -name '*.py' -o -nam
 help:
 	@echo "make demo   - build, lay out a local EFS tree in $(EFS)/ and predict through it"
 	@echo "make test   - Rust and Python test suites (installs everything first)"
+	@echo "make bench  - bench/report.md and report.png (QUICK=1: smoke run into target/bench-quick/)"
 	@echo "make lint   - rustfmt, clippy -D warnings, ruff, stubtest, cfn-lint"
 	@echo "make wheel  - dist/lambdatorch-*.whl (no libtorch inside)"
 	@echo "make lambda-zip - dist/bootstrap.zip for the provided.al2023 runtime"
@@ -77,15 +78,24 @@ test-python: $(VENV)/.lambdatorch $(FIXTURES)/.done dist/bootstrap.zip
 lint: $(VENV)/.lambdatorch
 	cargo fmt --check
 	LD_LIBRARY_PATH=$(TORCH_LIB) cargo clippy --release --all-targets --all-features -- -D warnings
-	ruff check python tests scripts demo deploy
-	ruff format --check python tests scripts demo deploy
+	ruff check python tests scripts demo deploy bench
+	ruff format --check python tests scripts demo deploy bench
 	$(PY) -m mypy.stubtest lambdatorch --ignore-missing-stub --allowlist stubtest-allowlist.txt
 	cfn-lint deploy/template.yaml
 
 fmt:
 	cargo fmt
-	ruff format python tests scripts demo deploy
-	ruff check --fix python tests scripts demo deploy
+	ruff format python tests scripts demo deploy bench
+	ruff check --fix python tests scripts demo deploy bench
+
+# --- benchmark -----------------------------------------------------------------------------
+# The full run writes bench/report.md, report.png and results.json, to be committed; QUICK=1 is the
+# smoke run CI executes (minutes), written to target/bench-quick/ so it never replaces them.
+.PHONY: bench
+BENCH_OUT = $(if $(QUICK),target/bench-quick,bench)
+bench: $(VENV)/.lambdatorch target/lambda/.built
+	command -v strace >/dev/null || { apt-get update -qq && apt-get install -y -qq strace; }
+	$(PY) -m bench $(if $(QUICK),--quick) --out $(BENCH_OUT)
 
 # --- demo ----------------------------------------------------------------------------------
 demo: $(VENV)/.lambdatorch target/lambda/.built
