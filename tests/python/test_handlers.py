@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MODELS, REPO, image_bytes
+from conftest import MODELS, REPO, bomb, image_bytes
 
 SITE = Path(sysconfig.get_paths()["purelib"])
 LAMBDA_BIN = REPO / "target" / "lambda"
 PAYLOAD_LIMIT = 1_000_000
+TENSOR_LIMIT = 1000
 TIMEOUT = 60
 
 
@@ -103,7 +104,21 @@ def models_root(tmp_path_factory) -> Path:
         shutil.copytree(MODELS / name, root / name)
     # A symlink out of the root: a valid name, but it must be refused.
     (root / "escape").symlink_to(MODELS / "mobilenet", target_is_directory=True)
+    # Broken model directories: each must fail its own requests with ManifestError, not others'.
+    broken_model(root, "truncated", lambda m, pt: pt.write_bytes(pt.read_bytes()[:1000]), sha=False)
+    broken_model(root, "corrupt", lambda m, pt: pt.write_bytes(b"\x00" * 4096))
+    broken_model(root, "outside", lambda m, pt: m.update(file="../tiny/model.pt"))
     return root
+
+
+def broken_model(root: Path, name: str, damage, sha: bool = True) -> None:
+    """A copy of ``tiny`` as ``root/name``, with ``damage(manifest, model_file)`` applied."""
+    shutil.copytree(MODELS / "tiny", root / name)
+    manifest = json.loads((root / name / "manifest.json").read_text())
+    if not sha:
+        del manifest["sha256"]
+    damage(manifest, root / name / "model.pt")
+    (root / name / "manifest.json").write_text(json.dumps(manifest))
 
 
 def handler_env(models_root: Path) -> dict[str, str]:
@@ -113,6 +128,7 @@ def handler_env(models_root: Path) -> dict[str, str]:
         "LAMBDATORCH_DEFAULT_MODEL": "tiny",
         "LAMBDATORCH_PRELOAD": "tiny,gray",
         "LAMBDATORCH_MAX_PAYLOAD_BYTES": str(PAYLOAD_LIMIT),
+        "LAMBDATORCH_MAX_TENSOR_ELEMENTS": str(TENSOR_LIMIT),
     }
 
 
@@ -340,7 +356,31 @@ BAD_HTTP = [
     ("top-k-word", image_bytes("chelsea.jpg"), {"top_k": "many"}, 400, "InvalidInput"),
     ("top-k-zero", image_bytes("chelsea.jpg"), {"top_k": "0"}, 400, "InvalidInput"),
     ("too-large", b"\xff" * (PAYLOAD_LIMIT + 1), {}, 413, "ImageTooLarge"),
+    ("png-bomb", bomb("png"), {}, 413, "ImageTooLarge"),
+    ("jpeg-bomb", bomb("jpeg"), {}, 413, "ImageTooLarge"),
+    ("gif-bomb", bomb("gif"), {}, 413, "ImageTooLarge"),
+    ("empty-image", b"", {}, 400, "InvalidInput"),
+    ("dotdot-plain", image_bytes("chelsea.jpg"), {"model": ".."}, 404, "ModelNotFound"),
+    ("encoded-dots", image_bytes("chelsea.jpg"), {"model": "%2e%2e"}, 404, "ModelNotFound"),
+    (
+        "encoded-slash",
+        image_bytes("chelsea.jpg"),
+        {"model": "tiny%2f..%2f..%2fetc"},
+        404,
+        "ModelNotFound",
+    ),
+    ("truncated-model", image_bytes("chelsea.jpg"), {"model": "truncated"}, 500, "ManifestError"),
+    ("corrupt-model", image_bytes("chelsea.jpg"), {"model": "corrupt"}, 500, "ManifestError"),
+    ("manifest-outside", image_bytes("chelsea.jpg"), {"model": "outside"}, 500, "ManifestError"),
 ]
+
+
+def test_models_in_paths_are_checked(handlers):
+    """Names from `/models/<name>` paths: percent-encoding is not decoded into a way out."""
+    for path in ["/models/..", "/models/%2e%2e", "/models/..%2ftiny", "/models/%2Fetc"]:
+        reply = both(handlers, http_event("apigw-v2", image_bytes("chelsea.jpg"), path=path))
+        assert reply["statusCode"] == 404, path
+        assert body(reply)["error"]["type"] == "ModelNotFound"
 
 
 @pytest.mark.parametrize("source", ["apigw-v1", "apigw-v2", "alb"])
@@ -356,6 +396,7 @@ def test_bad_http_requests(handlers, models_root, source, data, query, status, e
     assert answer["error"]["type"] == error
     assert str(models_root) not in answer["error"]["message"]
     assert str(REPO) not in answer["error"]["message"]
+    assert "/tmp" not in answer["error"]["message"]
     # ...and the next request is served.
     assert both(handlers, http_event(source, image_bytes("chelsea.jpg")))["statusCode"] == 200
 
@@ -366,11 +407,65 @@ BAD_JSON = [
     ("unknown-field", {"img": "AAAA"}, "InvalidInput"),
     ("no-input", {"model": "tiny"}, "InvalidInput"),
     ("negative-top-k", {"image": "AAAA", "top_k": -3}, "InvalidInput"),
+    ("huge-top-k", {"image": "AAAA", "top_k": 10**12}, "InvalidInput"),
+    ("top-k-string", {"image": "AAAA", "top_k": "3"}, "InvalidInput"),
+    ("top-k-float", {"image": "AAAA", "top_k": 2.5}, "InvalidInput"),
     (
-        "huge-top-k",
-        {"image": base64.b64encode(image_bytes("chelsea.jpg")).decode(), "top_k": 10**12},
+        "top-k-over-classes",
+        {"image": base64.b64encode(image_bytes("chelsea.jpg")).decode(), "top_k": 50},
         None,
     ),
+    ("event-array", [1, 2], "InvalidInput"),
+    ("event-string", "hello", "InvalidInput"),
+    ("event-null", None, "InvalidInput"),
+    ("images-string", {"images": "AAAA"}, "InvalidInput"),
+    ("images-of-numbers", {"images": [1, 2]}, "InvalidInput"),
+    ("model-number", {"model": 5, "image": "AAAA"}, "InvalidInput"),
+    ("tensor-list", {"model": "tensor", "tensor": [1, 2, 3, 4]}, "InvalidInput"),
+    ("bad-base64-padding", {"image": "AAA"}, "InvalidInput"),
+    ("bad-base64-url", {"image": "_-_-"}, "InvalidInput"),
+    (
+        "tensor-infinite",
+        {"model": "tensor", "tensor": {"shape": [1, 4], "data": [1e39, 0, 0, 0]}},
+        "InvalidInput",
+    ),
+    (
+        "tensor-negative-infinite",
+        {"model": "tensor", "tensor": {"shape": [1, 4], "data": [0, -1e39, 0, 0]}},
+        "InvalidInput",
+    ),
+    (
+        "tensor-nan-string",
+        {"model": "tensor", "tensor": {"shape": [1, 4], "data": ["NaN", 0, 0, 0]}},
+        "InvalidInput",
+    ),
+    (
+        "tensor-null",
+        {"model": "tensor", "tensor": {"shape": [1, 4], "data": [None, 0, 0, 0]}},
+        "InvalidInput",
+    ),
+    (
+        "tensor-negative-shape",
+        {"model": "tensor", "tensor": {"shape": [-1, 4], "data": [0] * 4}},
+        "InvalidInput",
+    ),
+    (
+        "tensor-shape-overflow",
+        {"model": "tensor", "tensor": {"shape": [2**40, 2**40], "data": [0]}},
+        "InvalidInput",
+    ),
+    (
+        "tensor-over-element-limit",
+        {"model": "tensor", "tensor": {"shape": [251, 4], "data": [0] * 1004}},
+        "ImageTooLarge",
+    ),
+    (
+        "tensor-to-image-model",
+        {"model": "tiny", "tensor": {"shape": [1, 4], "data": [0] * 4}},
+        "InvalidInput",
+    ),
+    ("corrupt-model", {"model": "corrupt", "image": "AAAA"}, "ManifestError"),
+    ("outside-model", {"model": "outside", "image": "AAAA"}, "ManifestError"),
     ("empty-images", {"images": []}, "InvalidInput"),
     ("over-max-batch", {"images": ["AAAA"] * 5}, "InvalidInput"),
     (
@@ -396,6 +491,47 @@ def test_bad_direct_invokes_are_function_errors(handlers, event, error):
         return
     assert reply["errorType"] == error, reply
     assert reply["errorMessage"]
+
+
+def test_integers_beyond_64_bits(handlers):
+    """Both refuse them; the messages differ: JSON parses 10**30 as a float, Python keeps an int."""
+    for event in ({"image": "AAAA", "top_k": 10**30}, {"image": "AAAA", "top_k": -(10**30)}):
+        for handler in ("python", "native"):
+            assert handlers[handler](event)["errorType"] == "InvalidInput", handler
+
+
+def test_non_finite_numbers_from_python_callers(handlers):
+    """JSON has no NaN (Lambda refuses such payloads), but a Python caller can pass one."""
+    for value in (float("nan"), float("inf"), float("-inf")):
+        event = {"model": "tensor", "tensor": {"shape": [1, 4], "data": [value, 0.0, 0.0, 0.0]}}
+        assert handlers["python"](event)["errorType"] == "InvalidInput"
+
+
+IMAGE_KINDS = [
+    "one_pixel.png",
+    "one_by_5000.png",
+    "chelsea_rgb16.png",
+    "chelsea_palette.png",
+    "chelsea_la.png",
+    "chelsea_cmyk.jpg",
+    "chelsea_progressive.jpg",
+    "chelsea.webp",
+    "chelsea.bmp",
+    "animated.gif",
+] + [f"orientation_{i}.jpg" for i in range(1, 9)]
+
+
+@pytest.mark.parametrize("name", IMAGE_KINDS)
+def test_every_image_kind_through_both_handlers(handlers, tiny, name):
+    """Odd sizes, bit depths, palettes, alpha, CMYK, animation and EXIF orientations: both
+    handlers give the Python API's answer."""
+    event = {"image": base64.b64encode(image_bytes(name)).decode(), "top_k": 10}
+    answer = both(handlers, event)
+    expected = tiny.predict(image_bytes(name), top_k=10)
+    assert [p["index"] for p in answer["predictions"]] == [p.index for p in expected]
+    assert [p["score"] for p in answer["predictions"]] == pytest.approx(
+        [p.score for p in expected], abs=1e-6
+    )
 
 
 def test_http_errors_are_logged_with_the_details(handlers):
