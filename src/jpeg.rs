@@ -162,7 +162,7 @@ impl Decoder {
         let width = header.width.div_ceil(denominator);
         let height = header.height.div_ceil(denominator);
         let pitch = width as usize * layout.channels();
-        out.clear();
+        // Sized without clearing: a reused buffer is not zeroed again, TurboJPEG overwrites it.
         out.resize(pitch * height as usize, 0);
         // SAFETY: `out` holds `pitch * height` bytes, the size TurboJPEG writes for this header
         // and scaling factor; the input pointer and length describe `bytes`.
@@ -195,12 +195,50 @@ impl Drop for Decoder {
     }
 }
 
-/// Whether the last scan is followed by the end-of-image marker. Inside entropy-coded data a
-/// 0xFF byte is always stuffed (`FF 00`) or a restart marker, so `FF D9` there can only be EOI.
-/// libjpeg fills a truncated scan with grey and only warns; a cut-off upload must not pass.
+/// Whether the image data is closed by an end-of-image marker. libjpeg fills a truncated scan
+/// with grey and only warns; a cut-off upload must not pass.
+///
+/// Nearly every file ends with EOI. Otherwise (data appended after the image, as in phones'
+/// motion photos) the segments and scans are walked to the first EOI: inside entropy-coded data
+/// a 0xFF byte is always stuffed (`FF 00`) or starts a restart marker, so any other marker ends
+/// the scan.
 pub fn has_end_marker(bytes: &[u8]) -> bool {
-    let last_scan = memchr::memmem::rfind(bytes, &[0xFF, 0xDA]).unwrap_or(0);
-    memchr::memmem::find(&bytes[last_scan..], &[0xFF, 0xD9]).is_some()
+    if bytes.ends_with(&[0xFF, 0xD9]) {
+        return true;
+    }
+    let mut at = 2; // after SOI
+    while let Some(&[0xFF, marker]) = bytes.get(at..at + 2) {
+        match marker {
+            0xD9 => return true,
+            0xFF => at += 1,
+            0x01 | 0xD0..=0xD7 => at += 2,
+            _ => {
+                let Some(&[high, low]) = bytes.get(at + 2..at + 4) else {
+                    return false;
+                };
+                at += 2 + usize::from(u16::from_be_bytes([high, low]));
+                if marker == 0xDA {
+                    match next_marker(bytes, at) {
+                        Some(next) => at = next,
+                        None => return false,
+                    }
+                }
+            }
+        }
+    }
+    false
+}
+
+/// The position of the first marker at or after `from` in entropy-coded data.
+fn next_marker(bytes: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let at = from + memchr::memchr(0xFF, bytes.get(from..)?)?;
+        match *bytes.get(at + 1)? {
+            0xFF => from = at + 1,
+            0x00 | 0xD0..=0xD7 => from = at + 2,
+            _ => return Some(at),
+        }
+    }
 }
 
 /// The EXIF orientation from the first `APP1 Exif` segment, read by walking the marker segments
@@ -254,10 +292,18 @@ mod tests {
 
     #[test]
     fn end_marker_must_follow_the_last_scan() {
-        let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xDA, 0, 2, 1, 2, 3];
+        // SOI, SOS (length 2), entropy data with a stuffed FF and a restart marker.
+        let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xDA, 0, 2, 1, 0xFF, 0, 2, 0xFF, 0xD3, 3];
         assert!(!has_end_marker(&jpeg));
-        jpeg.extend_from_slice(&[0xFF, 0xD9]);
-        assert!(has_end_marker(&jpeg));
+        let mut closed = [&jpeg[..], &[0xFF, 0xD9]].concat();
+        assert!(has_end_marker(&closed));
+        // Data appended after EOI (motion photos) holds no EOI of its own.
+        closed.extend_from_slice(b"ftypmp42\xFF\xDA\x00\x02");
+        assert!(has_end_marker(&closed));
+        // EOI bytes inside a segment (an EXIF thumbnail) do not count.
+        jpeg.splice(2..2, [0xFF, 0xE1, 0, 4, 0xFF, 0xD9]);
+        jpeg.push(0);
+        assert!(!has_end_marker(&jpeg));
     }
 
     #[test]

@@ -203,12 +203,22 @@ impl Model {
         })
     }
 
-    /// Runs images through the model: decode, preprocess into one batch, one forward pass.
+    /// Runs images through the model: decode, preprocess into one batch, one forward pass. The
+    /// images are preprocessed straight into the buffer of the tensor libtorch then runs on.
     pub fn infer(&self, images: &[ImageSource<'_>]) -> Result<(TensorData<f32>, Timings)> {
         let started = Instant::now();
-        let (batch, [decode, preprocess]) = self.preprocess(images)?;
+        let [c, h, w] = self.preprocessor()?.chw();
+        self.check_batch(images.len())?;
+        let shape = [images.len(), c, h, w].map(|d| d as i64);
+        let batch = Tensor::f_empty(shape, (Kind::Float, tch::Device::Cpu))?;
+        // SAFETY: `batch` is a new contiguous float32 CPU tensor of `numel` elements; the slice
+        // borrows it mutably and ends before the tensor is used again.
+        let floats = unsafe {
+            std::slice::from_raw_parts_mut(batch.data_ptr().cast::<f32>(), batch.numel())
+        };
+        let [decode, preprocess] = self.preprocess_into(images, floats)?;
         let preprocessed = Instant::now();
-        let output = self.run_input(&batch)?;
+        let output = self.run(batch)?;
         let done = Instant::now();
         let timings = Timings {
             decode,
@@ -252,13 +262,18 @@ impl Model {
     /// wall time split between the `decode` and `preprocess` stages (in proportion to the time
     /// the images spent in each).
     pub fn preprocess(&self, images: &[ImageSource<'_>]) -> Result<(TensorData<f32>, [f64; 2])> {
+        let [c, h, w] = self.preprocessor()?.chw();
+        self.check_batch(images.len())?;
+        let mut data = vec![0f32; images.len() * c * h * w];
+        let stages = self.preprocess_into(images, &mut data)?;
+        Ok((TensorData::new(vec![images.len(), c, h, w], data)?, stages))
+    }
+
+    /// [`Model::preprocess`] into `out`, which holds the whole batch.
+    fn preprocess_into(&self, images: &[ImageSource<'_>], out: &mut [f32]) -> Result<[f64; 2]> {
         let started = Instant::now();
         let pre = self.preprocessor()?;
-        self.check_batch(images.len())?;
-        let [c, h, w] = pre.chw();
-        let len = pre.tensor_len();
-        let mut data = vec![0f32; len * images.len()];
-        let mut slots: Vec<_> = data.chunks_exact_mut(len).enumerate().collect();
+        let mut slots: Vec<_> = out.chunks_exact_mut(pre.tensor_len()).enumerate().collect();
         let work = |(i, out): &mut (usize, &mut [f32])| {
             pre.tensor_of(images[*i], out)
                 .map_err(|err| in_batch(err, *i, images.len()))
@@ -278,8 +293,7 @@ impl Model {
         } else {
             0.0
         };
-        let batch = TensorData::new(vec![images.len(), c, h, w], data)?;
-        Ok((batch, [wall * share, wall * (1.0 - share)]))
+        Ok([wall * share, wall * (1.0 - share)])
     }
 
     /// Refuses empty batches and batches larger than the manifest's `max_batch` or
