@@ -75,12 +75,17 @@ def build(work: Path) -> Tree:
 
 # --- packages ------------------------------------------------------------------------------------
 def install_packages(tree: Tree) -> None:
+    """All of it the first time; after that only lambdatorch (and numpy), when the wheel changed."""
     wheels = sorted((REPO / "dist").glob("lambdatorch-*.whl"))
     if not wheels:
         sys.exit("bench: no wheel in dist/: run `make develop` first")
     stamp = tree.python / ".wheel-sha256"
     digest = hashlib.sha256(wheels[-1].read_bytes()).hexdigest()
     if stamp.exists() and stamp.read_text() == digest:
+        return
+    if stamp.exists():
+        install_python(tree.efs)  # pip install --upgrade --target: replaces lambdatorch in place
+        stamp.write_text(digest)
         return
     shutil.rmtree(tree.python, ignore_errors=True)
     install_python(tree.efs)  # lambdatorch + numpy; links torch and nvidia
