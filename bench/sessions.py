@@ -31,7 +31,7 @@ class Plan:
 
 
 FULL = Plan(requests=200, batches=20, steady_after=1000)
-QUICK = Plan(requests=10, batches=2, steady_after=60)
+QUICK = Plan(requests=5, batches=2, steady_after=50)
 WARM_SIZES = ("0.3MP", "3MP")
 
 
@@ -42,6 +42,8 @@ def session(contender: Contender, tree: Tree, plan: Plan, log: Path) -> dict[str
         result: dict[str, Any] = {
             "cold_start_s": cold_s,
             "cold_peak_rss_mb": handler.memory_mb("VmHWM"),
+            "cold_rss_file_mb": handler.memory_mb("RssFile"),  # mapped files: libraries mostly
+            "cold_rss_anon_mb": handler.memory_mb("RssAnon"),  # heap: weights, activations
         }
         sent = 1
 
