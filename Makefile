@@ -18,7 +18,7 @@ EFS := .efs
 RUST_SOURCES := Cargo.toml $(shell find src -name '*.rs' 2>/dev/null)
 PY_SOURCES := pyproject.toml $(shell find python -type f \( -name '*.py' -o -name '*.pyi' -o -name py.typed \) 2>/dev/null)
 
-.PHONY: help setup wheel develop lambda lambda-zip fixtures test test-rust test-python lint fmt demo clean
+.PHONY: help setup wheel develop lambda lambda-zip fixtures test test-rust test-python lint fmt demo clean soak
 
 help:
 	@echo "make demo   - build, lay out a local EFS tree in $(EFS)/ and predict through it"
@@ -27,6 +27,7 @@ help:
 	@echo "make lint   - rustfmt, clippy -D warnings, ruff, stubtest, cfn-lint"
 	@echo "make wheel  - dist/lambdatorch-*.whl (no libtorch inside)"
 	@echo "make lambda-zip - dist/bootstrap.zip for the provided.al2023 runtime"
+	@echo "make soak   - 5,000 Python API calls and 1,000 native invokes; memory must not grow (SOAK_QUICK=1: fewer)"
 	@echo "make setup  - only the Python venv in $(VENV)/ (torch $(shell sed -n 's/^torch==//p' requirements-dev.txt))"
 
 # --- environment ---------------------------------------------------------------------------
@@ -73,6 +74,10 @@ test-rust: $(VENV)/.setup $(FIXTURES)/.done
 
 test-python: $(VENV)/.lambdatorch $(FIXTURES)/.done dist/bootstrap.zip
 	LAMBDATORCH_FIXTURES=$(CURDIR)/$(FIXTURES) $(PY) -m pytest -q
+
+# --- robustness ----------------------------------------------------------------------------
+soak: $(VENV)/.lambdatorch $(FIXTURES)/.done target/lambda/.built
+	LAMBDATORCH_FIXTURES=$(CURDIR)/$(FIXTURES) $(PY) scripts/soak.py $(if $(SOAK_QUICK),--quick)
 
 # --- lint ----------------------------------------------------------------------------------
 lint: $(VENV)/.lambdatorch
