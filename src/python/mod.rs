@@ -260,7 +260,10 @@ fn int_arg(name: &str, value: Option<&Bound<'_, PyAny>>) -> Result<Option<i64>, 
         .filter(|v| !v.is_none())
         .map(|v| {
             v.extract::<i64>().map_err(|_| {
-                Error::invalid_input(format!("{name} must be an integer, got {}", v.repr().map_or_else(|_| "?".into(), |r| r.to_string())))
+                Error::invalid_input(format!(
+                    "{name} must be an integer, got {}",
+                    v.repr().map_or_else(|_| "?".into(), |r| r.to_string())
+                ))
             })
         })
         .transpose()
