@@ -27,12 +27,16 @@ help:
 	@echo "make lint   - rustfmt, clippy -D warnings, ruff, stubtest, cfn-lint"
 	@echo "make wheel  - dist/lambdatorch-*.whl (no libtorch inside)"
 	@echo "make lambda-zip - dist/bootstrap.zip for the provided.al2023 runtime"
+	@echo "make fuzz   - each fuzz target for FUZZ_SECONDS (default 60)"
 	@echo "make soak   - 5,000 Python API calls and 1,000 native invokes; memory must not grow (SOAK_QUICK=1: fewer)"
 	@echo "make setup  - only the Python venv in $(VENV)/ (torch $(shell sed -n 's/^torch==//p' requirements-dev.txt))"
 
 # --- environment ---------------------------------------------------------------------------
 setup: $(VENV)/.setup
+# cmake and nasm build libjpeg-turbo from source (crate turbojpeg-sys); Debian packages.
 $(VENV)/.setup: requirements-dev.txt
+	command -v cmake >/dev/null && command -v nasm >/dev/null \
+	  || { apt-get update -qq && apt-get install -y -qq cmake nasm; }
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
