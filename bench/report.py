@@ -119,6 +119,32 @@ def lambda_targets(runs: Runs) -> list[list[str]]:
     return rows
 
 
+def target_notes(runs: Runs) -> str:
+    """What stands behind the cold-start targets, from this run's own figures."""
+
+    def mid(name: str, getter: Getter) -> float:
+        return median(per_run(runs, name, getter))
+
+    worst = modelled_efs(LATENCIES_S[-1], THROUGHPUTS[-1])
+    notes = [
+        f"{PY}: {mid(PY, CUDA_CALLS):,.0f} of its {mid(PY, EFS_CALLS):,.0f} EFS metadata calls are"
+        " on the CUDA libraries that PyPI's libtorch_cpu.so links; with CUDA files left out on"
+        f" both sides (the CPU-only build) the ratio is"
+        f" 1/{1 / median(ratios(runs, PY, TORCH, non_cuda_calls)):.0f}.",
+        f"{PY}: peak RSS {mid(PY, COLD_RSS):,.0f} MB before the first response; at the first"
+        " response it holds"
+        f" {mid(PY, get('session', 'cold_rss_file_mb')):,.0f} MB of mapped files (libtorch) and"
+        f" {mid(PY, get('session', 'cold_rss_anon_mb')):,.0f} MB of heap.",
+        "Cold-start wall is measured locally on a warm page cache, where torch-python's"
+        f" {mid(TORCH, EFS_CALLS):,.0f} metadata calls cost microseconds each; on EFS (1 ms per"
+        f" call, 100 MiB/s) the modelled ratios are"
+        f" 1/{1 / median(ratios(runs, PY, TORCH, worst)):.1f} ({PY}) and"
+        f" 1/{1 / median(ratios(runs, NATIVE, TORCH, worst)):.1f} ({NATIVE}). lambdatorch's own"
+        " start (libtorch, the model's load and warmup) is not broken down further here.",
+    ]
+    return "\n".join(f"- {note}" for note in notes)
+
+
 def warm_keys() -> list[str]:
     return [f"{model} {size}" for model in MODELS for size in WARM_SIZES]
 
@@ -427,7 +453,7 @@ def write(results: dict[str, Any], out: Path) -> None:
     )
     sections = [
         header(results),
-        f"## Targets\n\n{targets}\n\n![benchmark plots](report.png)\n",
+        f"## Targets\n\n{targets}\n\n{target_notes(runs)}\n\n![benchmark plots](report.png)\n",
         cold_start_section(runs),
         efs_section(runs),
         warm_section(runs, results["plan"]),
