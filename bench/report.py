@@ -133,8 +133,8 @@ def target_notes(runs: Runs) -> str:
         f" 1/{1 / median(ratios(runs, PY, TORCH, non_cuda_calls)):.0f}.",
         f"{PY}: peak RSS {mid(PY, COLD_RSS):,.0f} MB before the first response; at the first"
         " response it holds"
-        f" {mid(PY, get('session', 'cold_rss_file_mb')):,.0f} MB of mapped files (libtorch) and"
-        f" {mid(PY, get('session', 'cold_rss_anon_mb')):,.0f} MB of heap.",
+        f" {mid(PY, get('session', 'cold_rss_file_mb')):,.0f} MB of mapped files (shared"
+        f" libraries) and {mid(PY, get('session', 'cold_rss_anon_mb')):,.0f} MB of heap.",
         "Cold-start wall is measured locally on a warm page cache, where torch-python's"
         f" {mid(TORCH, EFS_CALLS):,.0f} metadata calls cost microseconds each; on EFS (1 ms per"
         f" call, 100 MiB/s) the modelled ratios are"
