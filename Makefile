@@ -18,7 +18,7 @@ EFS := .efs
 RUST_SOURCES := Cargo.toml $(shell find src -name '*.rs' 2>/dev/null)
 PY_SOURCES := pyproject.toml $(shell find python -type f \( -name '*.py' -o -name '*.pyi' -o -name py.typed \) 2>/dev/null)
 
-.PHONY: help setup wheel develop lambda lambda-zip fixtures test test-rust test-python lint fmt demo clean soak
+.PHONY: help setup wheel develop lambda lambda-zip fixtures test test-rust test-python lint fmt demo clean fuzz soak
 
 help:
 	@echo "make demo   - build, lay out a local EFS tree in $(EFS)/ and predict through it"
@@ -80,6 +80,10 @@ test-python: $(VENV)/.lambdatorch $(FIXTURES)/.done dist/bootstrap.zip
 	LAMBDATORCH_FIXTURES=$(CURDIR)/$(FIXTURES) $(PY) -m pytest -q
 
 # --- robustness ----------------------------------------------------------------------------
+FUZZ_SECONDS ?= 60
+fuzz: $(VENV)/.setup $(FIXTURES)/.done
+	LD_LIBRARY_PATH=$(TORCH_LIB) FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
 soak: $(VENV)/.lambdatorch $(FIXTURES)/.done target/lambda/.built
 	LAMBDATORCH_FIXTURES=$(CURDIR)/$(FIXTURES) $(PY) scripts/soak.py $(if $(SOAK_QUICK),--quick)
 
