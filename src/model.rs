@@ -4,7 +4,7 @@
 //! sizes libtorch's thread pool to the CPUs this process may really use, and warms the model up.
 //! Inference runs without autograd. A `Model` is `Send + Sync`: one instance serves every thread.
 
-use std::io::Cursor;
+use std::os::fd::AsRawFd;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -123,15 +123,22 @@ impl std::fmt::Debug for Model {
 impl Model {
     /// Loads the model a [`ModelDir`] describes; `limits` bound what its requests may ask for.
     pub fn load(dir: ModelDir, limits: Limits) -> Result<Model> {
-        let bytes = std::fs::read(&dir.model_file).map_err(|err| {
+        // libtorch reads the file itself, through `/proc/self/fd`: the file hashed is the file
+        // loaded (a replacement renamed into place meanwhile is not picked up), and the model's
+        // bytes are never held in memory beside the loaded module (ResNet-18: 45 MB less at peak
+        // than loading from a buffer, which libtorch copies once more).
+        let unreadable = |err: std::io::Error| {
             Error::manifest(
                 &dir.manifest_path,
                 "file",
                 format!("cannot read {}: {err}", dir.model_file.display()),
             )
-        })?;
+        };
+        let mut file = std::fs::File::open(&dir.model_file).map_err(unreadable)?;
         if let Some(expected) = &dir.manifest.sha256 {
-            let actual = format!("{:x}", Sha256::digest(&bytes));
+            let mut hasher = Sha256::new();
+            std::io::copy(&mut file, &mut hasher).map_err(unreadable)?;
+            let actual = format!("{:x}", hasher.finalize());
             if !actual.eq_ignore_ascii_case(expected) {
                 return Err(Error::manifest(
                     &dir.manifest_path,
@@ -149,18 +156,18 @@ impl Model {
             Threads::Count(n) => n,
         };
         tch::set_num_threads(threads as i32);
-        let mut module = CModule::load_data_on_device(&mut Cursor::new(bytes), Device::Cpu)
-            .map_err(|err| {
-                Error::manifest(
-                    &dir.manifest_path,
-                    "file",
-                    format!(
-                        "{} is not a loadable TorchScript model: {}",
-                        dir.model_file.display(),
-                        first_line(&err.to_string())
-                    ),
-                )
-            })?;
+        let opened = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let mut module = CModule::load_on_device(&opened, Device::Cpu).map_err(|err| {
+            Error::manifest(
+                &dir.manifest_path,
+                "file",
+                format!(
+                    "{} is not a loadable TorchScript model: {}",
+                    dir.model_file.display(),
+                    first_line(&err.to_string())
+                ),
+            )
+        })?;
         module.set_eval();
         let preprocessor = dir
             .manifest
