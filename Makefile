@@ -90,6 +90,7 @@ soak: $(VENV)/.lambdatorch $(FIXTURES)/.done target/lambda/.built
 # --- lint ----------------------------------------------------------------------------------
 lint: $(VENV)/.lambdatorch
 	cargo fmt --check
+	cargo fmt --check --manifest-path fuzz/Cargo.toml
 	LD_LIBRARY_PATH=$(TORCH_LIB) cargo clippy --release --all-targets --all-features -- -D warnings
 	ruff check python tests scripts demo deploy bench
 	ruff format --check python tests scripts demo deploy bench
