@@ -2,9 +2,10 @@
 //!
 //! The geometry (resized size, crop offsets, padding) and the arithmetic follow torchvision's
 //! `PILToTensor → Resize(antialias=True) → CenterCrop → ToDtype(scale=True) → Normalize`, so a model
-//! sees what it saw in training. Decoding uses the `image` crate (zune-jpeg, png, image-webp, gif);
-//! resampling uses `fast_image_resize`, whose convolution filters are Pillow's, which torchvision's
-//! antialiased resize reproduces. This module knows nothing of models, Python or Lambda.
+//! sees what it saw in training. JPEGs decode with libjpeg-turbo ([`crate::jpeg`]), as in Pillow,
+//! the other formats with the `image` crate (png, image-webp, gif, bmp); resampling uses
+//! `fast_image_resize`, whose convolution filters are Pillow's, which torchvision's antialiased
+//! resize reproduces. This module knows nothing of models, Python or Lambda.
 
 use std::cell::RefCell;
 use std::io::Cursor;
@@ -232,7 +233,7 @@ fn orient(pixels: Pixels, orientation: Orientation) -> Pixels {
     } else {
         ImageBuffer::from_raw(width, height, data).map(DynamicImage::ImageRgb8)
     }
-    .expect("decoded buffer matches its size");
+    .expect("decoded buffer matches its size"); // invariant: every decoder above sizes it so
     image.apply_orientation(orientation);
     let (width, height) = (image.width(), image.height());
     Pixels::new(width, height, channels, image.into_bytes())
