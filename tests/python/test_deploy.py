@@ -247,8 +247,6 @@ def test_is_a_sam_template(template: dict[str, Any]) -> None:
     assert set(resources_of(template, "AWS::Serverless::Function")) == set(FUNCTIONS)
 
 
-
-
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_function_mounts_the_access_point_at_mnt_efs(template: dict[str, Any], name: str) -> None:
     properties = function(template, name)
@@ -784,8 +782,8 @@ def deploy_section() -> str:
 def test_readme_reads_only_outputs_that_exist(
     template: dict[str, Any], deploy_section: str
 ) -> None:
-    used = set(re.findall(r"\bout (\w+)", deploy_section))
-    assert used, "the README reads the stack's outputs with out NAME"
+    used = set(re.findall(r"\$\(out (\w+)\)", deploy_section))
+    assert {"FileSystemId", "AccessPointId", "LoaderSecurityGroupId"} <= used
     assert used <= set(template["Outputs"]), used - set(template["Outputs"])
 
 
@@ -793,7 +791,9 @@ def test_readme_sets_only_parameters_that_exist(
     template: dict[str, Any], deploy_section: str
 ) -> None:
     overrides = set(re.findall(r"\b([A-Z][A-Za-z]+)=", deploy_section))
-    overrides -= {"ResourceType", "DeviceName", "Key", "Name", "Value", "HttpTokens"}
+    # The other Name=value pairs: options of aws ec2 run-instances and aws ssm.
+    overrides -= {"ResourceType", "Tags", "Key", "Value", "Values", "Name", "HttpTokens"}
+    overrides -= {"DeviceName", "Ebs", "VolumeSize", "Encrypted", "OutputKey"}
     overrides = {o for o in overrides if not o.isupper()}  # shell variables are upper case
     assert {"TreeVersion", "DefaultModel"} <= overrides
     assert overrides <= set(template["Parameters"]), overrides - set(template["Parameters"])
