@@ -40,6 +40,8 @@ fail() {
   printf 'fill_efs: %s\n' "$*" >&2
   exit 1
 }
+# Every file's path and sha256, to compare two model directories (coreutils and findutils only).
+digest() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 -r sha256sum); }
 pip_install() {
   "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-input \
     --progress-bar off --root-user-action=ignore --target "$ROOT/python" "$@"
@@ -75,10 +77,29 @@ else
   cp -R "$LT_ARTIFACTS/." "$work/"
 fi
 
-# --- python/ ---------------------------------------------------------------------------------
+# --- what changes ----------------------------------------------------------------------------
+# Everything is checked before anything is written: one wheel, valid model names, and no model
+# that would replace a different one. A model directory is never changed in place, because an
+# execution environment may be reading it: a new model, or a new revision of one, gets a new
+# name (README: "Updating").
 shopt -s nullglob
 wheels=("$work"/wheels/lambdatorch-*.whl)
 ((${#wheels[@]} == 1)) || fail "expected one wheels/lambdatorch-*.whl in $LT_ARTIFACTS, found ${#wheels[@]}"
+new_models=()
+for source in "$work"/models/*/; do
+  name=$(basename "$source")
+  [[ $name =~ $MODEL_NAME ]] || fail "models/$name: not a valid model name ($MODEL_NAME)"
+  target="$ROOT/models/$name"
+  if [[ ! -e $target ]]; then
+    new_models+=("$name")
+  elif [[ $(digest "$source") == "$(digest "$target")" ]]; then
+    step "model $name unchanged"
+  else
+    fail "models/$name differs from $target, which is never overwritten: upload it under a new name"
+  fi
+done
+
+# --- python/ ---------------------------------------------------------------------------------
 mkdir -p "$ROOT/python" "$ROOT/models"
 step "install $(basename "${wheels[0]}") into $ROOT/python"
 pip_install --upgrade "${wheels[0]}"
@@ -98,25 +119,14 @@ else
 fi
 
 # --- models/ ---------------------------------------------------------------------------------
-# A model directory is never changed in place: an execution environment may be reading it. A
-# new model or a new revision of one gets a new name (README: "Updating"). Each is copied
-# outside models/ and renamed into it, so neither a function nor doctor sees half a model.
-for source in "$work"/models/*/; do
-  name=$(basename "$source")
-  [[ $name =~ $MODEL_NAME ]] || fail "models/$name: not a valid model name ($MODEL_NAME)"
-  target="$ROOT/models/$name"
-  if [[ -e $target ]]; then
-    if diff -r -q "$source" "$target" >/dev/null; then
-      step "model $name unchanged"
-      continue
-    fi
-    fail "models/$name differs from $target, which is never overwritten: upload it under a new name"
-  fi
+# Each new model is copied outside models/ and renamed into it, so neither a function nor doctor
+# sees half a model.
+for name in "${new_models[@]}"; do
   step "add model $name"
   partial="$ROOT/.partial-model-$name"
   rm -rf "$partial"
-  cp -R "$source" "$partial"
-  mv "$partial" "$target"
+  cp -R "$work/models/$name" "$partial"
+  mv "$partial" "$ROOT/models/$name"
 done
 
 # --- check -----------------------------------------------------------------------------------

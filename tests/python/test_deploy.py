@@ -896,6 +896,7 @@ def test_fill_efs_again_changes_no_model_and_refuses_to_overwrite_one(
     changed = fill_efs(efs_root, artifacts)
     assert changed.returncode != 0
     assert "never overwritten" in changed.stderr
+    assert "install lambdatorch" not in changed.stdout  # refused before anything was written
     assert (efs_root / "models" / "tiny" / "labels.txt").read_bytes() == before
 
 
