@@ -338,7 +338,7 @@ def test_reserved_concurrency_is_optional(template: dict[str, Any], name: str) -
         "Fn::If": ["HasReservedConcurrency", ref("ReservedConcurrency"), ref("AWS::NoValue")]
     }
     assert template["Conditions"]["HasReservedConcurrency"] == {
-        "Fn::Not": [{"Fn::Equals": [ref("ReservedConcurrency"), 0]}]
+        "Fn::Not": [{"Fn::Equals": [ref("ReservedConcurrency"), "0"]}]
     }
     param = template["Parameters"]["ReservedConcurrency"]
     assert (param["Type"], param["Default"], param["MinValue"]) == ("Number", 0, 0)
