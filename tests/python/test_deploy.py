@@ -226,7 +226,6 @@ def test_every_parameter_that_shapes_a_version_publishes_a_new_one(
             for r in resources.values()
             if r["Type"] == "AWS::Lambda::Version" and r["Properties"]["FunctionName"] == ref(name)
         ]
-        assert version["DeletionPolicy"] == "Retain"  # earlier versions stay, for a rollback
         configuration = dict(resources[name]["Properties"])
         # Not per version: concurrency belongs to the function, the role and network to the stack.
         for unversioned in ("ReservedConcurrentExecutions", "Role", "VpcConfig", "Tags"):
