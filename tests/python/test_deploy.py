@@ -235,6 +235,18 @@ def test_every_parameter_that_shapes_a_version_publishes_a_new_one(
         assert shaping <= refs_in(version["Properties"]["Description"]), name
 
 
+def test_sam_alone_would_not_publish_a_version_for_a_new_tree_version(
+    template: dict[str, Any], aws_offline: None
+) -> None:
+    """The premise of the description above, as aws-sam-translator (pinned) behaves."""
+
+    def versions(**parameters: str) -> set[str]:
+        resources = sam_transform(template, **parameters)["Resources"]
+        return {n for n, r in resources.items() if r["Type"] == "AWS::Lambda::Version"}
+
+    assert versions(TreeVersion="1") == versions(TreeVersion="2")
+
+
 # --- the functions --------------------------------------------------------------------------------
 
 
