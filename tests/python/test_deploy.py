@@ -938,3 +938,51 @@ def test_fill_efs_wants_exactly_one_wheel(efs_root: Path, artifacts: Path) -> No
     assert out.returncode != 0
     assert "expected one wheels/lambdatorch-*.whl" in out.stderr
     assert not (efs_root / "python" / "lambdatorch").exists()
+
+
+STUB = """#!/usr/bin/env bash
+# Stand-in for `{name}` on the loader instance: records its arguments, then {does}.
+printf '%s\\n' "{name} $*" >> "$STUB_LOG"
+{body}
+"""
+
+
+def stub(bin_dir: Path, name: str, does: str, body: str) -> None:
+    path = bin_dir / name
+    path.write_text(STUB.format(name=name, does=does, body=body))
+    path.chmod(0o755)
+
+
+def test_fill_efs_on_the_instance_mounts_with_tls_and_iam_and_reads_s3(
+    efs_root: Path, artifacts: Path, tmp_path: Path
+) -> None:
+    """What only the instance has (the EFS mount helper, the AWS CLI) is replaced by stand-ins that
+    record how they are called; everything else runs as in the other tests."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    stub(bin_dir, "mount.efs", "does nothing (its presence spares the dnf install)", "exit 0")
+    stub(bin_dir, "mountpoint", "says the directory is not mounted yet", "exit 1")
+    stub(bin_dir, "mount", "succeeds (the tree is a local directory)", "exit 0")
+    # `aws s3 cp --recursive --only-show-errors s3://BUCKET/PREFIX/ DEST/`: copies the artifacts.
+    stub(bin_dir, "aws", "copies the local artifacts", f'cp -R "{artifacts}/." "${{@: -1}}"')
+    out = fill_efs(
+        efs_root,
+        tmp_path / "not-used",
+        LT_ARTIFACTS="s3://my-bucket/lambdatorch",
+        LT_FILE_SYSTEM_ID="fs-0123456789abcdef0",
+        LT_ACCESS_POINT_ID="fsap-0123456789abcdef0",
+        STUB_LOG=str(log),
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    calls = log.read_text().splitlines()
+    assert f"mountpoint -q {efs_root}" in calls
+    assert (
+        "mount -t efs -o tls,iam,accesspoint=fsap-0123456789abcdef0 fs-0123456789abcdef0:/ "
+        f"{efs_root}"
+    ) in calls
+    (copy,) = [c for c in calls if c.startswith("aws ")]
+    assert copy.startswith("aws s3 cp --recursive --only-show-errors s3://my-bucket/lambdatorch/ ")
+    assert (efs_root / "models" / "tiny" / "manifest.json").is_file()
+    assert list((efs_root / "python" / "lambdatorch").glob("_core*.so"))
