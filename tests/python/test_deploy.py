@@ -810,6 +810,17 @@ def test_readme_sets_only_parameters_that_exist(
     assert overrides <= set(template["Parameters"]), overrides - set(template["Parameters"])
 
 
+def test_readme_shell_blocks_parse(deploy_section: str) -> None:
+    """Every ```sh block of the section is valid bash (``bash -n``: parsed, not run)."""
+    blocks = re.findall(r"^ *```sh\n(.*?)^ *```$", deploy_section, flags=re.S | re.M)
+    assert len(blocks) >= 8
+    for block in blocks:
+        result = subprocess.run(
+            ["bash", "-n"], input=block, capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, f"{result.stderr}\n{block}"
+
+
 def test_deploy_md_is_not_cited(deploy_section: str) -> None:
     """There is no deploy/DEPLOY.md: the README's "Deploy to AWS" section is the guide."""
     assert not (REPO / "deploy" / "DEPLOY.md").exists()
