@@ -55,10 +55,10 @@ $(VENV)/.lambdatorch: dist/.wheel
 	$(PY) -m pip install --quiet --no-deps --force-reinstall dist/lambdatorch-*.whl
 	touch $@
 
-# The native handler: `bootstrap` (links no libtorch) and `lambdatorch-handler`.
+# The native handler: `bootstrap` (crate bootstrap/, links no libtorch) and `lambdatorch-handler`.
 lambda: target/lambda/.built
-target/lambda/.built: $(VENV)/.setup $(RUST_SOURCES)
-	cargo build --profile lambda --features lambda --bins
+target/lambda/.built: $(VENV)/.setup $(RUST_SOURCES) libtorch-version bootstrap/Cargo.toml $(wildcard bootstrap/src/*.rs)
+	cargo build --profile lambda --bins -p lambdatorch-bootstrap -p lambdatorch --features lambdatorch/lambda
 	touch $@
 
 lambda-zip: dist/bootstrap.zip

@@ -5,7 +5,9 @@ Checks, before writing anything:
 - both binaries need at most GLIBC_2.34, GLIBCXX_3.4.29 and CXXABI_1.3.13 (what Amazon Linux 2023,
   glibc 2.34 and GCC 11's libstdc++, provides), read from ``objdump -T``;
 - ``bootstrap`` has no NEEDED entry for libtorch (``libtorch_cpu.so``, ``libc10.so``, ...), read
-  from ``readelf -d``: it must start, and report a clear init error, when libtorch is missing.
+  from ``readelf -d``: it must start, and report a clear init error, when libtorch is missing. The
+  crate ``bootstrap/`` depends on neither the engine nor ``tch``, so this holds by construction;
+  the check guards against a dependency creeping in.
 
 Then writes OUT_ZIP with ``bootstrap`` and ``lambdatorch-handler`` at its root, mode 0755, fixed
 timestamps and order, so the same binaries always give the same zip.
@@ -97,7 +99,7 @@ def check(binary: Path) -> tuple[dict[str, tuple[int, ...]], list[str]]:
             raise PackagingError(
                 f"{binary} links {', '.join(torch)} (readelf -d NEEDED): the launcher must not "
                 "need libtorch, or Lambda's loader fails before it can report a missing or wrong "
-                "libtorch on EFS. Keep tch out of src/bin/bootstrap.rs and link with --as-needed."
+                "libtorch on EFS. Keep the engine and tch out of bootstrap/Cargo.toml."
             )
     return versions, libs
 

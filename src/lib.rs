@@ -9,14 +9,15 @@
 //! requests and responses to proxy responses: both handlers run exactly this code, with the
 //! [`limits`] checked before the work they guard and panics contained ([`contain`]). The Python
 //! extension (`python` feature, module `lambdatorch._core`) binds it without ever importing
-//! Python torch; the native handler (`lambda` feature, `src/bin/`) runs it on `lambda_runtime`.
+//! Python torch; the native handler (`lambda` feature, `src/bin/`) runs it on `lambda_runtime`,
+//! started by the `bootstrap` launcher (crate `bootstrap/`, which links neither this crate nor
+//! libtorch).
 #![deny(missing_docs)]
 
 pub mod error;
 pub mod events;
 pub mod image;
 pub mod jpeg;
-pub mod libtorch;
 pub mod limits;
 pub mod manifest;
 pub mod model;
