@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import runpy
 import shutil
 import sys
 from pathlib import Path
@@ -25,10 +26,10 @@ import torchvision
 from PIL import Image
 from skimage import data as skdata
 
-IMAGENET = {
-    "mean": [0.485, 0.456, 0.406],
-    "std": [0.229, 0.224, 0.225],
-}
+REPO = Path(__file__).resolve().parents[1]
+#: The manifest presets of ``lambdatorch add-model`` and ``export``, read from the source tree (by
+#: path: fixtures are made before the wheel is built and installed).
+PRESETS = runpy.run_path(str(REPO / "python" / "lambdatorch" / "_manifests.py"))["PRESETS"]
 
 #: Real photos shipped inside scikit-image (file name -> loader).
 PHOTOS = {
@@ -99,15 +100,8 @@ def calibrate_batch_norm(module: torch.nn.Module) -> None:
 
 def make_models(root: Path) -> None:
     torch.manual_seed(0)
-    image_input = {
-        "type": "image",
-        "size": [224, 224],
-        "resize_shorter": 256,
-        "crop": "center",
-        "interpolation": "bilinear",
-        "color": "rgb",
-        **IMAGENET,
-    }
+    # The ImageNet preset's input without `decode`: the tests check that defaults are filled in.
+    image_input = {k: v for k, v in PRESETS["imagenet"]["input"].items() if k != "decode"}
     tiny = write_model(
         root,
         "tiny",

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ._libtorch import LIBTORCH_VERSION
-from .cli import PRESETS, sha256_of
+from ._manifests import PRESETS, sha256_of
 from .errors import InferenceError, InvalidInput
 
 TORCH_MISSING = f"export needs Python torch: pip install torch=={LIBTORCH_VERSION}"

@@ -8,7 +8,6 @@ one command that needs Python torch; it imports it only when run.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import json
 import os
@@ -25,28 +24,8 @@ from typing import Any
 
 from ._libtorch import _FIX as _LIBTORCH_FIX
 from ._libtorch import LIBTORCH_VERSION, release, version_of
+from ._manifests import PRESETS, sha256_of
 from .errors import LambdaTorchError
-
-#: Manifest presets for ``add-model --preset`` and ``export --preset``.
-PRESETS: dict[str, dict[str, Any]] = {
-    "imagenet": {
-        "input": {
-            "type": "image",
-            "size": [224, 224],
-            "resize_shorter": 256,
-            "crop": "center",
-            "interpolation": "bilinear",
-            "color": "rgb",
-            "mean": [0.485, 0.456, 0.406],
-            "std": [0.229, 0.224, 0.225],
-            "decode": "exact",
-        },
-        "output": {"type": "classification", "softmax": True, "top_k": 5},
-        "max_batch": 8,
-        "threads": "auto",
-        "warmup": True,
-    },
-}
 
 
 class CommandError(Exception):
@@ -59,14 +38,6 @@ def one_line(message: str) -> str:
     if len(lines) <= 1:
         return "".join(lines)
     return f"{lines[0]} ... {lines[-1]}"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def add_model(args: argparse.Namespace) -> int:
