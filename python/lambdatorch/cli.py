@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ._doctor_child import MARK as _PROBE_MARK
 from ._libtorch import _FIX as _LIBTORCH_FIX
 from ._libtorch import LIBTORCH_VERSION, release, version_of
 from ._manifests import PRESETS, sha256_of
@@ -120,59 +121,9 @@ _CPU_INDEX = "--index-url https://download.pytorch.org/whl/cpu"
 _STRAY_FIX = "remove it or move it out of models/"
 _NOT_RUN = "not run: libtorch did not load"
 _PROBE_TIMEOUT_S = 900
-_PROBE_MARK = "lambdatorch-doctor-report "
-
-#: Runs in a fresh interpreter whose only import path is ``root/python``, as on Lambda: imports the
-#: tree's lambdatorch, loads libtorch, then loads each model and runs one inference on zeros shaped
-#: from its manifest. Each model's failure is caught on its own; the report is one JSON line.
-_PROBE = r"""
-import json, sys, time
-sys.path[:] = [p for p in sys.path if p]  # no current directory: only the tree's python/
-report = {"stage": "import lambdatorch", "error": None, "models": {}}
-try:
-    start = time.perf_counter()
-    import lambdatorch
-    from lambdatorch import _libtorch
-    report["stage"] = "load libtorch"
-    core = _libtorch.import_core()
-    report["core"] = {
-        "ms": (time.perf_counter() - start) * 1e3,
-        "libtorch": str(_libtorch.preload()),
-        "version": getattr(core, "__version__", "?"),
-    }
-except BaseException as err:
-    if isinstance(err, KeyboardInterrupt):
-        raise
-    report["error"] = {"type": type(err).__name__, "message": str(err)}
-else:
-    for path in sys.argv[1:]:
-        result = report["models"][path] = {}
-        valid = getattr(core, "valid_model_name", None)
-        result["valid_name"] = valid and bool(valid(path.rstrip("/").rsplit("/", 1)[-1]))
-        try:
-            start = time.perf_counter()
-            model = lambdatorch.load(path)
-            result["load_ms"] = (time.perf_counter() - start) * 1e3
-            spec = model.manifest["input"]
-            if spec["type"] == "image":
-                channels = 1 if spec.get("color") == "gray" else 3
-                shape = [1, channels, *spec["size"]]
-            else:
-                shape = [1 if d == -1 else d for d in spec["shape"]]
-            result["input_shape"] = shape
-            import numpy
-            x = numpy.zeros(shape, numpy.float32)
-            start = time.perf_counter()
-            y = model.forward(x)
-            result["inference_ms"] = (time.perf_counter() - start) * 1e3
-            result["output_shape"] = list(y.shape)
-        except BaseException as err:
-            if isinstance(err, KeyboardInterrupt):
-                raise
-            result["error"] = {"type": type(err).__name__, "message": str(err)}
-report["torch"] = "torch" in sys.modules
-print(__MARK__ + json.dumps(report), flush=True)
-""".replace("__MARK__", repr(_PROBE_MARK))
+#: Runs in a fresh interpreter whose only import path is ``root/python``, as on Lambda; by path, so
+#: that it needs nothing from the tree's own lambdatorch (see the module).
+_PROBE = Path(__file__).with_name("_doctor_child.py")
 
 
 @dataclass
@@ -241,7 +192,7 @@ def _run_probe(python: Path, models: list[Path]) -> tuple[dict[str, Any] | None,
         "PYTHONPATH": str(python),
         "PYTHONDONTWRITEBYTECODE": "1",  # a check must not write into the tree
     }
-    command = [sys.executable, "-S", "-c", _PROBE, *(str(m.absolute()) for m in models)]
+    command = [sys.executable, "-S", str(_PROBE), *(str(m.absolute()) for m in models)]
     try:
         out = subprocess.run(
             command, capture_output=True, text=True, env=env, timeout=_PROBE_TIMEOUT_S

@@ -279,6 +279,40 @@ def test_doctor_on_a_missing_root(tmp_path):
     assert "is not a directory" in checks["models/"][1]
 
 
+def test_doctor_child_sees_only_the_tree(tmp_path):
+    """The in-tree check imports the tree's lambdatorch with only ``root/python`` before the
+    standard library: not the CLI's package directory (it runs by path), not the current one."""
+    from lambdatorch import _doctor_child, cli
+
+    python = tmp_path / "python"
+    (python / "lambdatorch").mkdir(parents=True)
+    (python / "lambdatorch" / "__init__.py").write_text(
+        "import json, sys\nraise ImportError(json.dumps(sys.path))\n"
+    )
+    report, why = cli._run_probe(python, [tmp_path / "models" / "m"])
+    assert report is not None, why
+    assert report["stage"] == "import lambdatorch"
+    assert report["error"]["type"] == "ImportError"
+    path = json.loads(report["error"]["message"])
+    assert path[0] == str(python)
+    assert "" not in path and os.getcwd() not in path
+    assert str(Path(_doctor_child.__file__).parent) not in path
+    assert report["models"] == {} and report["torch"] is False
+
+
+def test_doctor_checks_a_tree_whose_lambdatorch_has_no_child(efs, tmp_path):
+    """The in-tree check ships with the CLI, so a tree with another lambdatorch (here one without
+    the check's file) is checked all the same."""
+    python = python_tree(efs, tmp_path, without=("lambdatorch",))
+    shutil.copytree(efs / "python" / "lambdatorch", python / "lambdatorch")
+    (python / "lambdatorch" / "_doctor_child.py").unlink(missing_ok=True)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tensor").symlink_to(efs / "models" / "tensor")
+    code, lines = doctor(tmp_path)
+    assert code == 0, "\n".join(lines)
+    assert list(parse(lines)) == [*TREE_CHECKS, "models/tensor"]
+
+
 # --- add-model ---------------------------------------------------------------------------------
 
 

@@ -1,0 +1,97 @@
+"""The part of ``lambdatorch doctor`` that runs inside the EFS tree, in its own interpreter.
+
+``doctor`` runs this file by path, ``python -S .../_doctor_child.py MODEL_DIR...``, with
+``PYTHONPATH=root/python`` as the only import path, as on Lambda. It imports the tree's
+lambdatorch, loads libtorch, then loads each model and runs one inference on zeros shaped from its
+manifest. Each model's failure is caught on its own; the report is one JSON line after ``MARK`` on
+stdout.
+
+It is run by path, not with ``-m lambdatorch._doctor_child``: the lambdatorch it checks is the
+tree's, which may be missing, broken or older than this file. So at module level only the standard
+library: lambdatorch and numpy are imported in :func:`probe`, where their failure is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+#: Starts the report's line on stdout, so that anything else printed there is ignored.
+MARK = "lambdatorch-doctor-report "
+
+
+def probe(models: list[str]) -> dict[str, Any]:
+    """What the tree on ``sys.path`` does: the stage reached, the error that stopped it, and for
+    each model directory in ``models`` its load and inference times and shapes, or its error."""
+    report: dict[str, Any] = {"stage": "import lambdatorch", "error": None, "models": {}}
+    try:
+        start = time.perf_counter()
+        import lambdatorch
+        from lambdatorch import _libtorch
+
+        report["stage"] = "load libtorch"
+        core = _libtorch.import_core()
+        report["core"] = {
+            "ms": (time.perf_counter() - start) * 1e3,
+            "libtorch": str(_libtorch.preload()),
+            "version": getattr(core, "__version__", "?"),
+        }
+    except BaseException as err:
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        report["error"] = {"type": type(err).__name__, "message": str(err)}
+    else:
+        for path in models:
+            result: dict[str, Any] = {}
+            report["models"][path] = result
+            valid = getattr(core, "valid_model_name", None)  # older trees may not have it
+            result["valid_name"] = valid and bool(valid(path.rstrip("/").rsplit("/", 1)[-1]))
+            try:
+                start = time.perf_counter()
+                model = lambdatorch.load(path)
+                result["load_ms"] = (time.perf_counter() - start) * 1e3
+                shape = input_shape(model.manifest["input"])
+                result["input_shape"] = shape
+                import numpy
+
+                x = numpy.zeros(shape, numpy.float32)
+                start = time.perf_counter()
+                y = model.forward(x)
+                result["inference_ms"] = (time.perf_counter() - start) * 1e3
+                result["output_shape"] = list(y.shape)
+            except BaseException as err:
+                if isinstance(err, KeyboardInterrupt):
+                    raise
+                result["error"] = {"type": type(err).__name__, "message": str(err)}
+    report["torch"] = "torch" in sys.modules
+    return report
+
+
+def input_shape(spec: dict[str, Any]) -> list[int]:
+    """A batch of one, shaped as the manifest's ``input`` says."""
+    if spec["type"] == "image":
+        channels = 1 if spec.get("color") == "gray" else 3
+        return [1, channels, *spec["size"]]
+    return [1 if d == -1 else d for d in spec["shape"]]
+
+
+def only_tree_on_path() -> None:
+    """Drop the directory Python put before ``PYTHONPATH`` (this file's, as it is run by path) and
+    any empty entry (the current directory), so that only the tree's ``python/`` is searched."""
+    here = os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
+    if sys.path and sys.path[0] and os.path.realpath(sys.path[0]) == here:
+        del sys.path[0]
+    sys.path[:] = [p for p in sys.path if p]
+
+
+def main(argv: list[str]) -> int:
+    print(MARK + json.dumps(probe(argv)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    only_tree_on_path()
+    sys.exit(main(sys.argv[1:]))
