@@ -53,11 +53,12 @@ def probe(models: list[str]) -> dict[str, Any]:
                 start = time.perf_counter()
                 model = lambdatorch.load(path)
                 result["load_ms"] = (time.perf_counter() - start) * 1e3
-                shape = input_shape(model.manifest["input"])
+                spec = model.manifest["input"]
+                shape = input_shape(spec)
                 result["input_shape"] = shape
                 import numpy
 
-                x = numpy.zeros(shape, numpy.float32)
+                x = numpy.zeros(shape, input_dtype(spec))
                 start = time.perf_counter()
                 y = model.forward(x)
                 result["inference_ms"] = (time.perf_counter() - start) * 1e3
@@ -76,6 +77,13 @@ def input_shape(spec: dict[str, Any]) -> list[int]:
         channels = 1 if spec.get("color") == "gray" else 3
         return [1, channels, *spec["size"]]
     return [1 if d == -1 else d for d in spec["shape"]]
+
+
+def input_dtype(spec: dict[str, Any]) -> str:
+    """The numpy dtype ``forward`` takes for the manifest's ``input``: a tensor input's own (but
+    float32 for bfloat16, which numpy lacks), float32 for images."""
+    dtype = spec.get("dtype", "float32") if spec["type"] == "tensor" else "float32"
+    return "float32" if dtype == "bfloat16" else str(dtype)
 
 
 def only_tree_on_path() -> None:

@@ -70,7 +70,8 @@ def doctor(root: Path, *extra: str) -> tuple[int, list[str]]:
 #: The checks before the models' own, in order.
 TREE_CHECKS = ["python/lambdatorch", "python/numpy", "python/torch", "torch-version", "libtorch"]
 TREE_CHECKS += ["no-python-torch", "models/"]
-CHECKS = [*TREE_CHECKS, "models/gray", "models/mobilenet", "models/tensor", "models/tiny"]
+#: Then one per fixture model, in name order.
+CHECKS = [*TREE_CHECKS, *(f"models/{model.name}" for model in sorted(MODELS.iterdir()))]
 LINE = re.compile(r"(ok|FAIL)  (\S+)  (.+)")
 
 
