@@ -79,7 +79,7 @@ class Run:
 def python_api(count: int, models: Path) -> bool:
     import lambdatorch as lt
     import numpy as np
-    from conftest import bomb, image_bytes
+    from fixture_data import bomb, image_bytes
     from lambdatorch._libtorch import import_core
 
     tiny, tensor = lt.load(models / "tiny"), lt.load(models / "tensor")
@@ -129,7 +129,7 @@ def python_api(count: int, models: Path) -> bool:
 
 
 def native_handler(count: int, models: Path) -> bool:
-    from conftest import bomb, image_bytes
+    from fixture_data import bomb, image_bytes
     from test_handlers import NativeHandler, http_event
 
     b64 = base64.b64encode(image_bytes("chelsea.jpg")).decode()
@@ -182,7 +182,7 @@ def main() -> int:
     args = parser.parse_args()
     python_calls, native_calls = (1000, 300) if args.quick else (5000, 1000)
     with tempfile.TemporaryDirectory(prefix="lambdatorch-soak-") as tmp:
-        from conftest import MODELS
+        from fixture_data import MODELS
 
         models = Path(tmp) / "models"
         for name in ("tiny", "tensor"):
