@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from demo.build_efs import REPO
+from scripts.local_lambda import REPO
 
 from . import report
 from .contenders import BOOTSTRAP, CONTENDERS

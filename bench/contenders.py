@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from demo.handlers import BOOTSTRAP, FUNCTION_ENV, start, stop
+from scripts.local_lambda import BOOTSTRAP, FUNCTION_ENV, start, stop
 
 from .runtime_api import Invocation, RuntimeAPI
 from .tree import Tree

@@ -25,7 +25,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from demo.build_efs import REPO, install_python, run
+from scripts.local_lambda import REPO, install_python, run
 
 MODELS = ("resnet18", "mobilenet")
 FAST = "-fast"  # suffix of the twin whose manifest says decode "fast"

@@ -6,52 +6,21 @@
 
 then checks the tree with `lambdatorch doctor`, as a user would before attaching it to Lambda.
 
-torch is linked from the dev venv rather than installed a second time: PyPI's torch 2.13.0 is a
-CUDA build of several GB (with its nvidia-* packages, which libtorch_cpu.so finds through its
-RPATH, hence the nvidia link too). On AWS you install the CPU-only build instead (README).
+torch is linked from the dev venv rather than installed a second time (scripts/local_lambda.py
+says why); on AWS you install the CPU-only build instead (README).
 
 Usage: python demo/build_efs.py EFS_DIR
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for scripts/
+from scripts.local_lambda import install_python, run
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-
-
-def run(*args: str | os.PathLike[str], **env: str) -> None:
-    print("$", " ".join(str(a) for a in args), flush=True)
-    subprocess.run([str(a) for a in args], check=True, env={**os.environ, **env})
-
-
-def install_python(efs: Path) -> Path:
-    target = efs / "python"
-    wheels = sorted((REPO / "dist").glob("lambdatorch-*.whl"))
-    if not wheels:
-        sys.exit("no wheel in dist/: run `make wheel` first")
-    run(
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--upgrade",
-        "--target",
-        target,
-        wheels[-1],
-    )
-    site = Path(sysconfig.get_paths()["purelib"])
-    for package in ("torch", "nvidia"):
-        link = target / package
-        if not link.exists() and (site / package).exists():
-            link.symlink_to(site / package, target_is_directory=True)
-    return target
 
 
 def add_digits(efs: Path) -> None:

@@ -19,7 +19,6 @@ import contextlib
 import copy
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -28,25 +27,15 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-BOOTSTRAP = REPO / "target" / "lambda" / "bootstrap"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for scripts/
+from scripts.local_lambda import BOOTSTRAP, FUNCTION_ENV, REPO, StartError, start, stop
+
 FIXTURE = "example-apigw-v2-request-no-authorizer.json"
 MODEL = "digits"
 TIMEOUT_S = 60.0
 HOST = "127.0.0.1"
-
-# What Lambda sets and lambda_runtime requires; the Python side gets them too (minus the Runtime
-# API), so both size their thread pools alike.
-FUNCTION_ENV = {
-    "AWS_LAMBDA_FUNCTION_NAME": "_",
-    "AWS_LAMBDA_FUNCTION_VERSION": "1",
-    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048",
-    "AWS_LAMBDA_LOG_STREAM_NAME": "demo",
-    "AWS_LAMBDA_LOG_GROUP_NAME": "demo",
-}
 
 PYTHON_HANDLER = r"""
 import json, sys, time
@@ -118,35 +107,6 @@ def http_api_event(sample: Path, png: bytes) -> dict[str, Any]:
 
 
 # --- native handler ------------------------------------------------------------------------------
-def start(args: list[str], env: dict[str, str], log: TextIO, cwd: Path) -> subprocess.Popen[bytes]:
-    # Own process group, so that stopping it also stops anything it started.
-    try:
-        return subprocess.Popen(
-            args,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    except OSError as err:
-        raise DemoError(f"cannot start {args[0]}: {err}") from err
-
-
-def stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=10)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def wait_for_port(port: int, emulator: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline:
@@ -363,7 +323,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="lambdatorch-demo-") as tmp:
             native = run_native(efs, copy.deepcopy(events), Path(tmp))
             python = run_python(efs, events, Path(tmp))
-    except DemoError as err:
+    except (DemoError, StartError) as err:
         print(f"handlers demo: {err}", file=sys.stderr)
         return 1
     same = report(efs, titles, native, python)
