@@ -109,6 +109,12 @@ fmt:
 BENCH_OUT = $(if $(QUICK),target/bench-quick,bench)
 bench: $(VENV)/.lambdatorch target/lambda/.built
 	command -v strace >/dev/null || { apt-get update -qq && apt-get install -y -qq strace; }
+	# The EFS stand-in (bench/efs.py), where the kernel offers FUSE: libfuse3 and fusermount3
+	# (Debian's fuse3), mfusepy (PyPI). Without /dev/fuse the bench skips it and says so.
+	test ! -e /dev/fuse || command -v fusermount3 >/dev/null \
+	  || { apt-get update -qq && apt-get install -y -qq fuse3; }
+	test ! -e /dev/fuse || $(PY) -c "import mfusepy" 2>/dev/null \
+	  || $(PY) -m pip install --quiet "mfusepy==3.1.1"
 	$(PY) -m bench $(if $(QUICK),--quick) --out $(BENCH_OUT)
 
 # --- demo ----------------------------------------------------------------------------------

@@ -6,13 +6,20 @@
 //! the library path. If libtorch is missing or of the wrong version, it reports an init error to
 //! the Runtime API that names the path searched and the version wanted, instead of the dynamic
 //! loader's bare "cannot open shared object file", and exits.
+//!
+//! On EFS, where every file-system call is a round trip, it also starts the handler so that the
+//! dynamic loader searches for nothing there ([`plan`]), and starts prefetching what the cold
+//! start will read, in large parallel reads ([`prefetch`]).
 
+mod elf;
 mod libtorch;
+mod plan;
+mod prefetch;
 mod runtime_api;
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 use libtorch::LibTorchError;
 
@@ -21,16 +28,10 @@ fn main() -> ExitCode {
     let err = match libtorch::check(&lib_dir) {
         Ok(_) => {
             let handler = handler_path();
-            let mut library_path = lib_dir.clone().into_os_string();
-            if let Some(existing) = std::env::var_os("LD_LIBRARY_PATH").filter(|p| !p.is_empty()) {
-                library_path.push(":");
-                library_path.push(existing);
-            }
+            let plan = plan::load_plan(&lib_dir);
+            prefetch::start_detached(prefetch::steps(&lib_dir, plan.as_ref()));
             // exec only returns on failure.
-            let failure = Command::new(&handler)
-                .env("LD_LIBRARY_PATH", library_path)
-                .env("LAMBDATORCH_LIBTORCH", &lib_dir)
-                .exec();
+            let failure = plan::handler_command(&handler, &lib_dir, plan.as_ref()).exec();
             LibTorchError(format!("cannot start {}: {failure}", handler.display()))
         }
         Err(err) => err,

@@ -6,6 +6,18 @@ file". Instead we locate them first (``LAMBDATORCH_LIBTORCH``, else the ``torch/
 package on ``sys.path``, found but never imported), check the version from torch's own files, and
 load them with ``RTLD_GLOBAL`` so that ``_core`` binds to them. Every failure is a
 ``LibTorchError`` that says what was searched, what was found and how to fix it.
+
+On EFS every file-system lookup is a network round trip, and the dynamic loader makes many that
+fail: for each library ``libtorch_cpu.so`` needs (``libdl.so.2``, ``libstdc++.so.6``, ...) it tries
+every directory of torch's RPATH first (PyPI's build lists five nvidia package directories before
+its own). So :func:`load_plan` reads the libraries' ELF headers, lists each RPATH directory once,
+and :func:`preload` loads the libraries that live outside the tree by name (found locally) and the
+tree's own by path, dependencies first: when ``libtorch_cpu.so`` is loaded, everything it needs is
+already there and nothing is searched for. The same libraries are loaded, from the same places, as
+the loader would pick.
+
+Reads are round trips too, and the loader's are small: before loading, :mod:`._prefetch` starts
+bringing in what the loader and the first inference will read, in large parallel reads.
 """
 
 from __future__ import annotations
@@ -15,9 +27,11 @@ import importlib
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from . import _elf, _prefetch
 from .errors import LibTorchError
 
 #: The libtorch version this build of lambdatorch links against (tch 0.26).
@@ -92,21 +106,96 @@ def find() -> tuple[Path, str]:
     raise LibTorchError(f"libtorch not found; searched {shown}. {_FIX}")
 
 
+@dataclass(frozen=True)
+class LoadPlan:
+    """libtorch's libraries in an order that leaves the dynamic loader nothing to search for."""
+
+    #: Needed libraries found in none of the tree's RPATH directories: the system's, by name.
+    system: tuple[str, ...]
+    #: The tree's libraries, each after the ones it needs, by path.
+    tree: tuple[Path, ...]
+    #: For each of the tree's libraries, the file ranges of its ``_prefetch.LINKER_SECTIONS``.
+    linker_ranges: dict[Path, _prefetch.Ranges]
+
+
+class _Unplanned(Exception):
+    """A layout the plan does not model; the loader is left to search as usual."""
+
+
+def load_plan(lib_dir: Path) -> LoadPlan | None:
+    """How to load ``LIBRARIES`` from ``lib_dir`` without the loader's search, or None when the
+    libraries use something the plan does not model (``DT_RUNPATH``, ``glibc-hwcaps``)."""
+    listings: dict[Path, frozenset[str]] = {}
+
+    def names_in(folder: Path) -> frozenset[str]:
+        if folder not in listings:
+            try:
+                listings[folder] = frozenset(os.listdir(folder))
+            except OSError:
+                listings[folder] = frozenset()
+            if "glibc-hwcaps" in listings[folder]:
+                raise _Unplanned(folder)
+        return listings[folder]
+
+    system: dict[str, None] = {}
+    tree: dict[Path, None] = {}
+    ranges: dict[Path, _prefetch.Ranges] = {}
+
+    def visit(path: Path) -> None:
+        if path in tree:
+            return
+        info = _elf.read(path)
+        if info.runpath:  # searched after LD_LIBRARY_PATH: the environment decides
+            raise _Unplanned(path)
+        ranges[path] = _prefetch.linker_ranges(info.sections)
+        tree[path] = None  # placeholder against cycles; moved to the end below
+        for name in info.needed:
+            folder = next((d for d in info.search if name in names_in(d)), None)
+            if folder is None:
+                system.setdefault(name)
+            else:
+                visit(folder / name)
+        del tree[path]
+        tree[path] = None
+
+    try:
+        for name in LIBRARIES:
+            visit(lib_dir / name)
+    except (_Unplanned, OSError, ValueError):
+        return None
+    return LoadPlan(tuple(system), tuple(tree), ranges)
+
+
 def preload() -> Path:
     """Locate, check and load libtorch once per process; returns its directory."""
     global _loaded
     if _loaded is not None:
         return _loaded
     lib_dir, version = find()
-    for name in LIBRARIES:
-        try:
-            ctypes.CDLL(str(lib_dir / name), mode=ctypes.RTLD_GLOBAL)
-        except OSError as err:
-            raise LibTorchError(
-                f"libtorch {version} in {lib_dir} failed to load {name}: {err}. {_FIX}"
-            ) from err
+    plan = load_plan(lib_dir)
+    helper = _prefetch.start(lib_dir, plan.linker_ranges if plan else {})
+    try:
+        _load(plan, lib_dir, version)
+    finally:
+        _prefetch.finish(helper)
     _loaded = lib_dir
     return lib_dir
+
+
+def _load(plan: LoadPlan | None, lib_dir: Path, version: str) -> None:
+    if plan is not None:
+        for soname in plan.system:
+            try:
+                ctypes.CDLL(soname, mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                pass  # then the loader searches for it as usual, and reports it if missing
+    for path in plan.tree if plan else [lib_dir / name for name in LIBRARIES]:
+        try:
+            ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        except OSError as err:
+            raise LibTorchError(
+                f"libtorch {version} in {lib_dir} failed to load {path.name}: {err}. {_FIX}"
+            ) from err
 
 
 def import_core() -> ModuleType:
@@ -118,3 +207,14 @@ def import_core() -> ModuleType:
         raise LibTorchError(
             f"the lambdatorch extension failed to load against libtorch in {lib_dir}: {err}. {_FIX}"
         ) from err
+
+
+def record_pages() -> Path | None:
+    """Record which pages of libtorch's libraries this process has touched, for later cold starts
+    to prefetch (:func:`._prefetch.record_pages`); call it after a model's first inference. None
+    when libtorch is not loaded yet."""
+    if _loaded is None:
+        return None
+    plan = load_plan(_loaded)
+    libraries = plan.tree if plan else tuple(_loaded / name for name in LIBRARIES)
+    return _prefetch.record_pages(_loaded, libraries)

@@ -1,0 +1,79 @@
+"""Cold starts on the EFS stand-in (``efs.py``): each contender from a fresh mount of the tree.
+
+The contender runs exactly as in its local session (same command, environment and first event),
+with the tree's paths pointing into the mount. Measured: the wall time to the first response, and
+what the stand-in served meanwhile: metadata operations, failed lookups, reads and bytes.
+
+Before the first run, :func:`record_pages` does what ``lambdatorch doctor`` does on the machine
+that fills EFS: one cold start and inference through lambdatorch, then ``_libtorch.record_pages()``
+writes which pages of libtorch that start touched, for later cold starts to prefetch.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .contenders import PRELOADED, Contender, event, running
+from .efs import Settings, mounted
+from .tree import Tree
+
+#: The stand-in's settings for the benchmark: issue 16's, which are also the defaults.
+SETTINGS = Settings()
+
+
+@dataclass(frozen=True)
+class MountedTree(Tree):
+    """The tree as the contenders see it through the stand-in (the photos stay local: they are
+    the events' payload, not something the function reads)."""
+
+    mount: Path = field(default=Path("/nonexistent"))
+
+    @property
+    def efs(self) -> Path:
+        return self.mount
+
+
+def record_pages(tree: Tree, log: Path) -> str:
+    """Record the pages a lambdatorch cold start touches, as ``doctor`` would; returns a line for
+    the log."""
+    code = (
+        "import lambdatorch, sys\n"
+        "from lambdatorch import _libtorch\n"
+        "model = lambdatorch.load(sys.argv[1])\n"
+        "model.predict(open(sys.argv[2], 'rb').read())\n"
+        "print(_libtorch.record_pages())\n"
+    )
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(tree.python)}
+    args = [str(tree.models / PRELOADED), str(tree.image("0.3MP"))]
+    with log.open("w") as out:
+        subprocess.run(
+            [sys.executable, "-S", "-c", code, *args], env=env, stdout=out, stderr=out, check=True
+        )
+    return log.read_text().strip().splitlines()[-1]
+
+
+def cold_start(contender: Contender, tree: Tree, logs: Path) -> dict[str, Any]:
+    """One cold start of ``contender`` on a fresh mount of ``tree``."""
+    mountpoint = tree.work / "efs-mount"
+    log = logs / f"{contender.name}.efs.log"
+    payload = event(PRELOADED, tree.image("0.3MP").read_bytes())
+    with mounted(tree.efs, mountpoint, SETTINGS, logs / f"{contender.name}.standin.log") as mount:
+        on_mount = MountedTree(tree.work, mount.path)
+        with running(contender, on_mount, log) as handler:
+            seconds = handler.cold_start(payload)
+    stats = mount.stats
+    return {
+        "cold_start_s": seconds,
+        "metadata_ops": stats["metadata_ops"],
+        "ops": stats["ops"],
+        "failed_lookups": stats["failed_lookups"],
+        "failed_paths": stats["failed_paths"][:40],
+        "reads": stats["reads"],
+        "bytes": stats["bytes"],
+        "read_sizes_kib": stats["read_sizes_kib"],
+    }

@@ -1,0 +1,240 @@
+//! Bring what the handler's cold start reads into the page cache with large parallel reads.
+//!
+//! On EFS every read is a network round trip, and a library's pages arrive one fault at a time
+//! once the kernel stops reading ahead for a mapping that misses often. So before `exec`, the
+//! launcher starts a detached process that asks the kernel (`posix_fadvise(WILLNEED)`) for, in
+//! this order: each library's linker sections ([`crate::plan::LINKER_SECTIONS`]); the pages a
+//! cold start was recorded touching (`.lambdatorch-pages.json` beside libtorch, written by the
+//! Python package's `_prefetch.record_pages`, e.g. from `lambdatorch doctor`; ignored when stale);
+//! and the model files `LAMBDATORCH_PRELOAD` names. The handler starts at once and finds those
+//! bytes arriving, or there. Prefetching only changes when bytes arrive: every failure is
+//! ignored. The same steps as `python/lambdatorch/_prefetch.py`, for the Python handler.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::plan::{merged, LoadPlan, Ranges};
+
+/// Beside the libraries: which of their pages a cold start touched.
+pub const PAGES_FILE: &str = ".lambdatorch-pages.json";
+const FORMAT: u64 = 1;
+/// The kernel reads at most one readahead window per `WILLNEED` (128 KiB by default on NFS and
+/// FUSE), so ranges are asked for in pieces of this size, each its own asynchronous read.
+const CHUNK: u64 = 128 << 10;
+
+/// One file to prefetch: the given ranges, or all of it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Step {
+    pub path: PathBuf,
+    pub ranges: Option<Ranges>,
+}
+
+/// What to prefetch, in order.
+pub fn steps(lib_dir: &Path, plan: Option<&LoadPlan>) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if let Some(plan) = plan {
+        for path in &plan.tree {
+            let ranges = plan.linker_ranges.get(path).cloned().unwrap_or_default();
+            steps.push(Step {
+                path: path.clone(),
+                ranges: Some(ranges),
+            });
+        }
+        for (path, ranges) in recorded(lib_dir, &plan.tree) {
+            steps.push(Step {
+                path,
+                ranges: Some(ranges),
+            });
+        }
+    }
+    for model in preloaded_model_files() {
+        steps.push(Step {
+            path: model,
+            ranges: None,
+        });
+    }
+    steps
+}
+
+fn identity(path: &Path) -> Option<(u64, i128)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((
+        meta.size(),
+        i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+    ))
+}
+
+/// `path` relative to `lib_dir` as Python's `os.path.relpath` writes it in the record.
+fn record_key(lib_dir: &Path, path: &Path) -> Option<String> {
+    let rest = path.strip_prefix(lib_dir).ok()?;
+    Some(rest.to_string_lossy().into_owned())
+}
+
+/// The recorded ranges of each of `libraries` whose record still matches the file.
+pub fn recorded(lib_dir: &Path, libraries: &[PathBuf]) -> Vec<(PathBuf, Ranges)> {
+    let Ok(text) = std::fs::read(lib_dir.join(PAGES_FILE)) else {
+        return Vec::new();
+    };
+    let Ok(record) = serde_json::from_slice::<Value>(&text) else {
+        return Vec::new();
+    };
+    if record["format"].as_u64() != Some(FORMAT) {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    for path in libraries {
+        let Some(entry) = record_key(lib_dir, path).and_then(|k| record["libraries"].get(k)) else {
+            continue;
+        };
+        let expected = entry["file"].as_array().and_then(|f| {
+            Some((
+                f.first()?.as_u64()?,
+                i128::from(
+                    f.get(1)?
+                        .as_i64()
+                        .or_else(|| f.get(1)?.as_u64()?.try_into().ok())?,
+                ),
+            ))
+        });
+        if expected.is_none() || expected != identity(path) {
+            continue;
+        }
+        let ranges: Option<Ranges> = entry["ranges"].as_array().map(|rows| {
+            rows.iter()
+                .filter_map(|r| Some((r.get(0)?.as_u64()?, r.get(1)?.as_u64()?)))
+                .collect()
+        });
+        if let Some(ranges) = ranges {
+            found.push((path.clone(), merged(ranges, 0)));
+        }
+    }
+    found
+}
+
+fn valid_model_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// The model files `LAMBDATORCH_PRELOAD` names (each manifest's `file`), best effort: anything
+/// odd is left for the handler's own loading to report.
+pub fn preloaded_model_files() -> Vec<PathBuf> {
+    let root = std::env::var_os("LAMBDATORCH_MODELS")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/mnt/efs/models"));
+    let names = std::env::var("LAMBDATORCH_PRELOAD").unwrap_or_default();
+    names
+        .split(',')
+        .map(str::trim)
+        .filter(|name| valid_model_name(name))
+        .filter_map(|name| {
+            let dir = root.join(name);
+            let manifest: Value =
+                serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
+            let file = dir.join(manifest["file"].as_str()?);
+            file.is_file().then_some(file)
+        })
+        .collect()
+}
+
+/// Asks the kernel to read `ranges` of `path` (all of it if `None`) into the page cache.
+pub fn prefetch(path: &Path, ranges: Option<&Ranges>) {
+    let Ok(file) = File::open(path) else { return };
+    let whole;
+    let ranges = match ranges {
+        Some(ranges) => ranges,
+        None => {
+            whole = vec![(0, file.metadata().map(|m| m.len()).unwrap_or(0))];
+            &whole
+        }
+    };
+    for &(offset, size) in ranges {
+        let mut start = offset;
+        while start < offset + size {
+            // SAFETY: `posix_fadvise` only reads its integer arguments; the descriptor is open
+            // for as long as `file` lives, which outlasts the call.
+            let failed = unsafe {
+                libc::posix_fadvise(
+                    file.as_raw_fd(),
+                    start as libc::off_t,
+                    CHUNK as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                )
+            } != 0;
+            if failed {
+                return;
+            }
+            start += CHUNK;
+        }
+    }
+}
+
+/// Runs `steps` in a detached process and returns at once: the launcher forks twice, so the
+/// worker is nobody's child once the middle process has exited (init reaps it), and waits only
+/// for that middle process. Must be called while the launcher has a single thread.
+pub fn start_detached(steps: Vec<Step>) {
+    if steps.is_empty() {
+        return;
+    }
+    // SAFETY: the launcher is single-threaded here (no threads are ever started before exec),
+    // so the forked children may run any code; each leaves only through `_exit`.
+    unsafe {
+        let middle = libc::fork();
+        if middle == 0 {
+            if libc::fork() == 0 {
+                for step in &steps {
+                    prefetch(&step.path, step.ranges.as_ref());
+                }
+            }
+            libc::_exit(0);
+        }
+        if middle > 0 {
+            let mut status = 0;
+            libc::waitpid(middle, &mut status, 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_follow_the_contract() {
+        assert!(valid_model_name("resnet18"));
+        assert!(valid_model_name("a.b-c_d"));
+        assert!(!valid_model_name("../x"));
+        assert!(!valid_model_name(".hidden"));
+        assert!(!valid_model_name(""));
+        assert!(!valid_model_name(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn reads_a_matching_record_and_ignores_a_stale_one() -> std::io::Result<()> {
+        let dir = std::env::temp_dir().join(format!("lt-pages-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let lib = dir.join("libx.so");
+        std::fs::write(&lib, vec![0u8; 8192])?;
+        let (size, mtime) = identity(&lib).expect("stat");
+        let record = serde_json::json!({"format": 1, "libraries": {
+            "libx.so": {"file": [size, mtime as i64], "ranges": [[4096, 4096], [0, 4096]]}}});
+        std::fs::write(dir.join(PAGES_FILE), record.to_string())?;
+        assert_eq!(
+            recorded(&dir, std::slice::from_ref(&lib)),
+            vec![(lib.clone(), vec![(0, 8192)])]
+        );
+        std::fs::write(&lib, vec![0u8; 100])?; // changed since recorded
+        assert!(recorded(&dir, &[lib]).is_empty());
+        std::fs::remove_dir_all(&dir)
+    }
+}

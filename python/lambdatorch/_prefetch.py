@@ -1,0 +1,218 @@
+"""Bring what a cold start reads into the page cache with large parallel reads, ahead of use.
+
+On EFS every read is a network round trip, and a library's pages are read one fault at a time
+(the kernel stops reading ahead around faults once a mapping misses often). So before libtorch is
+loaded, :func:`start` has the kernel read, in this order:
+
+1. each library's ``LINKER_SECTIONS``, which the dynamic loader reads whole to link and relocate;
+2. the pages a cold start was recorded touching (:func:`record_pages` writes ``PAGES_FILE``
+   beside libtorch; a stale or missing record is ignored);
+3. the model files ``LAMBDATORCH_PRELOAD`` names, needed once libtorch is loaded.
+
+The requests (``posix_fadvise(WILLNEED)``) are made by a detached helper process running this
+file: a thread would not do, as the interpreter holds the GIL while ``dlopen`` runs, for most of
+the time there is to overlap. Prefetching changes only when bytes arrive, never which bytes are
+used: every failure is ignored. Standard library only: the helper runs this file by path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+#: What the dynamic loader reads whole to link and relocate a library (symbol, version and hash
+#: tables, relocations, and the data it relocates). Code and read-only data are faulted in as
+#: they run, and only a part of them ever is (about 11% of PyPI's ``libtorch_cpu.so`` code by a
+#: first inference).
+LINKER_SECTIONS = frozenset(
+    {
+        ".dynsym",
+        ".dynstr",
+        ".gnu.hash",
+        ".hash",
+        ".gnu.version",
+        ".gnu.version_r",
+        ".gnu.version_d",
+        ".rela.dyn",
+        ".rela.plt",
+        ".relr.dyn",
+        ".dynamic",
+        ".init_array",
+        ".data.rel.ro",
+        ".got",
+        ".got.plt",
+        ".data",
+        ".tdata",
+    }
+)
+#: Beside the libraries: which of their pages a cold start touched (see :func:`record_pages`).
+PAGES_FILE = ".lambdatorch-pages.json"
+_FORMAT = 1
+#: Recorded pages closer than this are fetched as one range.
+_MERGE_GAP = 32 << 10
+#: The kernel reads at most one readahead window per ``WILLNEED`` (``max(io_pages, ra_pages)``:
+#: 128 KiB by default on NFS and FUSE), so ranges are asked for in pieces of this size; each
+#: becomes its own asynchronous read, and they travel in parallel.
+_CHUNK = 128 << 10
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+Ranges = tuple[tuple[int, int], ...]
+
+
+def merged(ranges: Iterable[tuple[int, int]], gap: int = _MERGE_GAP) -> Ranges:
+    """``(offset, size)`` ranges sorted, with those at most ``gap`` apart joined."""
+    out: list[tuple[int, int]] = []
+    for offset, size in sorted(ranges):
+        if out and offset - (out[-1][0] + out[-1][1]) <= gap:
+            start = out[-1][0]
+            out[-1] = (start, max(out[-1][0] + out[-1][1], offset + size) - start)
+        else:
+            out.append((offset, size))
+    return tuple(out)
+
+
+def linker_ranges(sections: Mapping[str, tuple[int, int]]) -> Ranges:
+    """The file ranges of a library's ``LINKER_SECTIONS``, given its sections."""
+    return merged((s for name, s in sections.items() if name in LINKER_SECTIONS), 1 << 20)
+
+
+def prefetch(path: Path, ranges: Iterable[tuple[int, int]] | None = None) -> None:
+    """Ask the kernel to read ``ranges`` of ``path`` (default: all of it) into the page cache."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        for offset, size in ranges if ranges is not None else ((0, os.fstat(fd).st_size),):
+            for start in range(offset, offset + size, _CHUNK):
+                os.posix_fadvise(fd, start, _CHUNK, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def plan(lib_dir: Path, libraries: Mapping[Path, Ranges]) -> list[tuple[str, Ranges | None]]:
+    """What to prefetch, in order: ``libraries``' given ranges, then their recorded pages, then
+    the preloaded models' files (``None``: the whole file)."""
+    steps: list[tuple[str, Ranges | None]] = [(str(p), r) for p, r in libraries.items()]
+    steps += [(str(p), r) for p, r in recorded(lib_dir, libraries).items()]
+    steps += [(str(model), None) for model in preloaded_model_files()]
+    return steps
+
+
+def start(lib_dir: Path, libraries: Mapping[Path, Ranges]) -> subprocess.Popen[bytes] | None:
+    """Start prefetching :func:`plan` in a helper process; reap it with :func:`finish`."""
+    steps = plan(lib_dir, libraries)
+    if not steps:
+        return None
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-S", "-E", __file__, json.dumps(steps)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError:
+        return None
+
+
+def finish(helper: subprocess.Popen[bytes] | None) -> None:
+    """Reap the helper's first process (it forks the worker and exits at once)."""
+    if helper is not None:
+        try:
+            helper.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _identity(path: Path) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def recorded(lib_dir: Path, libraries: Iterable[Path]) -> dict[Path, Ranges]:
+    """The recorded ranges of each of ``libraries`` whose record still matches the file."""
+    try:
+        record = json.loads((lib_dir / PAGES_FILE).read_bytes())
+        if record.get("format") != _FORMAT:
+            return {}
+        entries = record["libraries"]
+        found = {}
+        for path in libraries:
+            entry = entries.get(os.path.relpath(path, lib_dir))
+            if entry and entry["file"] == _identity(path):
+                found[path] = tuple((int(o), int(n)) for o, n in entry["ranges"])
+        return found
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def record_pages(lib_dir: Path, libraries: Iterable[Path]) -> Path:
+    """Write ``lib_dir/PAGES_FILE``: which pages of each of ``libraries`` this process has touched
+    (mapped, from ``/proc/self/pagemap``; whatever is in the page cache is not counted). Call it
+    after a model's first inference, as ``lambdatorch doctor`` does, on the tree the function
+    will use; later cold starts prefetch those pages. Returns the file written."""
+    wanted = {os.path.realpath(p): os.path.relpath(p, lib_dir) for p in libraries}
+    pages: dict[str, set[int]] = {name: set() for name in wanted.values()}
+    with open("/proc/self/maps") as maps, open("/proc/self/pagemap", "rb") as pagemap:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) < 6 or fields[5].strip() not in wanted:
+                continue
+            name = wanted[fields[5].strip()]
+            begin, end = (int(x, 16) for x in fields[0].split("-"))
+            offset = int(fields[2], 16)
+            count = (end - begin) // _PAGE
+            pagemap.seek(begin // _PAGE * 8)
+            entries = pagemap.read(count * 8)
+            for i in range(len(entries) // 8):
+                if entries[i * 8 + 7] & 0x80:  # bit 63: present
+                    pages[name].add(offset // _PAGE + i)
+    libraries_out = {}
+    for real, name in wanted.items():
+        ranges = merged(((p * _PAGE, _PAGE) for p in pages[name]), _MERGE_GAP)
+        libraries_out[name] = {"file": _identity(Path(real)), "ranges": [list(r) for r in ranges]}
+    out = lib_dir / PAGES_FILE
+    partial = out.with_name(out.name + f".{os.getpid()}.partial")
+    partial.write_text(json.dumps({"format": _FORMAT, "libraries": libraries_out}) + "\n")
+    os.replace(partial, out)
+    return out
+
+
+def preloaded_model_files() -> list[Path]:
+    """The model files ``LAMBDATORCH_PRELOAD`` names (each manifest's ``file``), best effort:
+    anything odd is left for the model's own loading to report."""
+    root = Path(os.environ.get("LAMBDATORCH_MODELS") or "/mnt/efs/models")
+    files = []
+    for name in os.environ.get("LAMBDATORCH_PRELOAD", "").split(","):
+        name = name.strip()
+        if not _MODEL_NAME.match(name):
+            continue
+        try:
+            manifest = json.loads((root / name / "manifest.json").read_bytes())
+            file = root / name / manifest["file"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if file.is_file():
+            files.append(file)
+    return files
+
+
+def _worker(steps: list[tuple[str, list[list[int]] | None]]) -> None:
+    # Detached, so that nobody has to wait for it: its parent exits now, init reaps it later.
+    if os.fork() > 0:
+        os._exit(0)
+    for path, ranges in steps:
+        prefetch(Path(path), None if ranges is None else [(o, n) for o, n in ranges])
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    _worker(json.loads(sys.argv[1]))

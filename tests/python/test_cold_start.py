@@ -1,0 +1,169 @@
+"""Cold start on EFS: libtorch loaded without the loader's search, prefetching, the stand-in.
+
+Loading libtorch changes process state for good, so each load runs in a fresh ``python -S``
+against the venv's torch (PyPI's build, with its nvidia RPATH: the case the load plan exists for).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TORCH_LIB = Path(sysconfig.get_paths()["purelib"]) / "torch" / "lib"
+PACKAGE = REPO / "python"
+
+pytestmark = pytest.mark.skipif(
+    not (TORCH_LIB / "libtorch_cpu.so").is_file(), reason="torch is not installed"
+)
+
+
+def run(code: str, **env: str) -> str:
+    """``code`` in a fresh interpreter that imports this checkout's Python package."""
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        env={
+            "PATH": os.environ["PATH"],
+            "PYTHONPATH": str(PACKAGE),
+            "LAMBDATORCH_LIBTORCH": str(TORCH_LIB),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return out.stdout
+
+
+LOADED = """
+import json, os
+from lambdatorch import _libtorch
+if {plain}:
+    _libtorch.load_plan = lambda lib_dir: None
+_libtorch.preload()
+mapped = {{os.path.realpath(f.split()[5]) for f in open("/proc/self/maps") if len(f.split()) > 5}}
+print(json.dumps(sorted(p for p in mapped if ".so" in p)))
+"""
+
+
+def test_the_plan_loads_what_the_loader_would():
+    """Same libraries, from the same files, with and without the plan."""
+    planned = json.loads(run(LOADED.format(plain=False)))
+    plain = json.loads(run(LOADED.format(plain=True)))
+    assert planned == plain
+    assert any(p.endswith("/libtorch_cpu.so") for p in planned)
+
+
+def test_the_plan_leaves_nothing_to_search_for():
+    sys.path.insert(0, str(PACKAGE))
+    try:
+        from lambdatorch import _libtorch
+    finally:
+        sys.path.remove(str(PACKAGE))
+    plan = _libtorch.load_plan(TORCH_LIB)
+    assert plan is not None
+    assert plan.tree[-1] == TORCH_LIB / "libtorch_cpu.so"
+    assert plan.tree.index(TORCH_LIB / "libc10.so") < len(plan.tree) - 1
+    assert all(path.is_file() for path in plan.tree)
+    assert {"libdl.so.2", "libstdc++.so.6", "libc.so.6"} <= set(plan.system)
+    assert not any(name.startswith(("libtorch", "libc10")) for name in plan.system)
+    for path in plan.tree:  # the symbol tables and relocations, at least
+        assert plan.linker_ranges[path], path
+
+
+@pytest.mark.skipif(not Path("/usr/bin/strace").exists(), reason="strace is not installed")
+def test_no_failed_lookups_in_the_tree_while_loading(tmp_path):
+    trace = tmp_path / "trace"
+    subprocess.run(
+        [
+            *("strace", "-f", "-qq", "-e", "trace=%file", "-o", str(trace)),
+            *(sys.executable, "-S", "-c", "from lambdatorch import _libtorch; _libtorch.preload()"),
+        ],
+        env={
+            "PATH": os.environ["PATH"],
+            "PYTHONPATH": str(PACKAGE),
+            "LAMBDATORCH_LIBTORCH": str(TORCH_LIB),
+        },
+        check=True,
+        timeout=300,
+    )
+    site = str(TORCH_LIB.parent.parent)
+    failed = [line for line in trace.read_text().splitlines() if site in line and "ENOENT" in line]
+    assert failed == []
+
+
+def test_recorded_pages_round_trip(tmp_path):
+    """Pages touched by a load are recorded; a record of a changed file is ignored."""
+    out = run(
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from lambdatorch import _libtorch, _prefetch\n"
+        "lib = _libtorch.preload()\n"
+        "plan = _libtorch.load_plan(lib)\n"
+        f"print(_prefetch.record_pages(Path({str(tmp_path)!r}), plan.tree))\n"
+    )
+    record = json.loads(Path(out.strip()).read_text())
+    assert record["format"] == 1
+    entries = record["libraries"]
+    cpu = next(v for k, v in entries.items() if k.endswith("libtorch_cpu.so"))
+    touched = sum(size for _, size in cpu["ranges"])
+    assert 1 << 20 < touched < (TORCH_LIB / "libtorch_cpu.so").stat().st_size
+
+    sys.path.insert(0, str(PACKAGE))
+    try:
+        from lambdatorch import _libtorch, _prefetch
+    finally:
+        sys.path.remove(str(PACKAGE))
+    plan = _libtorch.load_plan(TORCH_LIB)
+    assert plan is not None
+    found = _prefetch.recorded(tmp_path, plan.tree)
+    assert set(found) == set(plan.tree)
+    stale = tmp_path / _prefetch.PAGES_FILE
+    for entry in record["libraries"].values():
+        entry["file"][0] += 1  # as if the library had changed size since
+    stale.write_text(json.dumps(record))
+    assert _prefetch.recorded(tmp_path, plan.tree) == {}
+
+
+def test_merged_ranges():
+    sys.path.insert(0, str(PACKAGE))
+    try:
+        from lambdatorch._prefetch import merged
+    finally:
+        sys.path.remove(str(PACKAGE))
+    assert merged([(100, 10), (0, 10), (15, 5), (300, 1)], gap=10) == ((0, 20), (100, 10), (300, 1))
+    assert merged([(0, 100), (10, 5)], gap=0) == ((0, 100),)
+
+
+def test_the_efs_stand_in(tmp_path):
+    """Latency per operation, failed lookups counted, a throughput cap, nothing cached at start."""
+    sys.path.insert(0, str(REPO))
+    try:
+        from bench.efs import Settings, mounted, unavailable
+    finally:
+        sys.path.remove(str(REPO))
+    if unavailable():
+        pytest.skip(f"the EFS stand-in cannot run here: {unavailable()}")
+    source = tmp_path / "source"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "data.bin").write_bytes(os.urandom(4 << 20))
+    settings = Settings(op_ms=5, read_ms=5, mib_s=40)
+    with mounted(source, tmp_path / "mnt", settings, tmp_path / "standin.log") as mount:
+        began = time.perf_counter()
+        assert not (mount.path / "missing").exists()
+        assert not (mount.path / "missing").exists()  # cached: one failed lookup
+        data = (mount.path / "sub" / "data.bin").read_bytes()
+        seconds = time.perf_counter() - began
+    assert data == (source / "sub" / "data.bin").read_bytes()
+    assert seconds >= 4 / 40  # 4 MiB at 40 MiB/s
+    assert mount.stats["failed_lookups"] == 1
+    assert mount.stats["bytes"] == 4 << 20
+    assert mount.stats["metadata_ops"] >= 3  # missing, sub, data.bin (and its open)
