@@ -20,8 +20,8 @@ use serde_json::Value;
 
 use crate::error::{contain, Error, Result};
 use crate::limits::Limits;
-use crate::model::TensorData;
 use crate::service::{Payload, Request, Response, Service};
+use crate::tensor::{element_count, Scalar};
 
 /// Where an event came from; decides the response shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,14 +96,17 @@ pub struct Outcome {
     pub result: Result<Response>,
 }
 
-/// Runs one Lambda event through the service. A panic anywhere in it becomes this event's
-/// `InferenceError` (for HTTP events, a 500 proxy response), never the handler's.
-pub fn handle(service: &Service, event: Value) -> Outcome {
+/// Runs one Lambda event through the service and logs it (one JSON line with `request_id`,
+/// whichever handler called). A panic anywhere in it becomes this event's `InternalError` (for
+/// HTTP events, a 500 proxy response), never the handler's.
+pub fn handle(service: &Service, event: Value, request_id: &str) -> Outcome {
     let source = Source::of(&event);
     let limits = service.config().limits;
     let result =
         contain(|| parse_as(source, event, &limits).and_then(|request| service.handle(request)));
-    Outcome { source, result }
+    let outcome = Outcome { source, result };
+    outcome.log(request_id);
+    outcome
 }
 
 /// Turns an event into the service's request, checking the payload limits on the way: what
@@ -114,6 +117,38 @@ pub fn parse(event: Value, limits: &Limits) -> (Source, Result<Request>) {
 }
 
 impl Outcome {
+    /// The request's log line: `info` when answered, `warn` for the caller's errors (4xx),
+    /// `error` for the function's (5xx), with the full message the caller may not see.
+    fn log(&self, request_id: &str) {
+        let source = self.source.name();
+        match &self.result {
+            Ok(response) => tracing::info!(
+                request_id,
+                source,
+                model = %response.model,
+                decode_ms = response.timings.decode,
+                preprocess_ms = response.timings.preprocess,
+                inference_ms = response.timings.inference,
+                total_ms = response.timings.total,
+                "request"
+            ),
+            Err(err) if err.kind().is_client_error() => tracing::warn!(
+                request_id,
+                source,
+                error_type = err.kind().name(),
+                error = %err,
+                "request failed"
+            ),
+            Err(err) => tracing::error!(
+                request_id,
+                source,
+                error_type = err.kind().name(),
+                error = %err,
+                "request failed"
+            ),
+        }
+    }
+
     /// What the handler returns to Lambda: for HTTP-style events always a proxy response; for
     /// direct invokes the response, or the error for Lambda to report as a function error.
     pub fn reply(self) -> Result<Value> {
@@ -134,7 +169,7 @@ fn to_json(response: &Response) -> Value {
     // A Response holds only strings, numbers and lists, so this cannot fail; if it ever did, the
     // caller still gets an error body rather than a panic.
     serde_json::to_value(response).unwrap_or_else(
-        |err| serde_json::json!({"error": {"type": "InferenceError", "message": err.to_string()}}),
+        |err| serde_json::json!({"error": {"type": "InternalError", "message": err.to_string()}}),
     )
 }
 
@@ -337,7 +372,7 @@ struct DirectRequest {
 #[serde(deny_unknown_fields)]
 struct TensorRequest {
     shape: Vec<usize>,
-    data: Vec<f32>,
+    data: Vec<Scalar>,
 }
 
 fn parse_direct(event: Value, limits: &Limits) -> Result<Request> {
@@ -372,33 +407,42 @@ fn parse_direct(event: Value, limits: &Limits) -> Result<Request> {
             Error::invalid_input(format!("invalid request field `{field}`: {inner}"))
         }
     })?;
-    let payload = match (direct.image, direct.images, direct.tensor) {
-        (Some(image), None, None) => {
-            limits.check_payload(image.len())?;
-            Payload::Image(decode_base64(&image, "\"image\"")?)
-        }
-        (None, Some(images), None) => {
-            limits.check_payload(images.iter().map(String::len).sum())?;
-            let images = images
-                .iter()
-                .enumerate()
-                .map(|(i, image)| decode_base64(image, &format!("\"images\"[{i}]")))
-                .collect::<Result<Vec<_>>>()?;
-            Payload::Images(images)
-        }
-        (None, None, Some(tensor)) => Payload::Tensor(TensorData::new(tensor.shape, tensor.data)?),
-        (None, None, None) => {
-            return Err(Error::invalid_input(
+    let payload =
+        match (direct.image, direct.images, direct.tensor) {
+            (Some(image), None, None) => {
+                limits.check_payload(image.len())?;
+                Payload::Image(decode_base64(&image, "\"image\"")?)
+            }
+            (None, Some(images), None) => {
+                limits.check_payload(images.iter().map(String::len).sum())?;
+                let images = images
+                    .iter()
+                    .enumerate()
+                    .map(|(i, image)| decode_base64(image, &format!("\"images\"[{i}]")))
+                    .collect::<Result<Vec<_>>>()?;
+                Payload::Images(images)
+            }
+            (None, None, Some(TensorRequest { shape, data })) => {
+                let expected = element_count(&shape);
+                if expected != Some(data.len()) {
+                    return Err(Error::invalid_input(format!(
+                        "tensor shape {shape:?} needs {} elements, got {}",
+                        expected.map_or_else(|| "too many".to_owned(), |n| n.to_string()),
+                        data.len()
+                    )));
+                }
+                Payload::Tensor { shape, data }
+            }
+            (None, None, None) => return Err(Error::invalid_input(
                 "the request has no input: send \"image\" (base64), \"images\" (a list of base64) \
                  or \"tensor\" ({\"shape\": [...], \"data\": [...]})",
-            ))
-        }
-        _ => {
-            return Err(Error::invalid_input(
-                "send only one of \"image\", \"images\" and \"tensor\"",
-            ))
-        }
-    };
+            )),
+            _ => {
+                return Err(Error::invalid_input(
+                    "send only one of \"image\", \"images\" and \"tensor\"",
+                ))
+            }
+        };
     Ok(Request {
         model: direct.model,
         payload,
@@ -469,7 +513,7 @@ mod tests {
         assert!(err(json!({"image": "AAAA", "images": []})).contains("only one"));
         assert!(err(json!({"tensor": {"shape": [2, 2], "data": [1.0]}})).contains("needs 4"));
         assert!(err(json!([1, 2])).contains("an array"));
-        assert!(err(json!({"tensor": {"shape": [1], "data": [f32::NAN]}})).contains("f32"));
+        assert!(err(json!({"tensor": {"shape": [1], "data": ["1"]}})).contains("`tensor.data[0]`"));
         assert!(
             err(json!({"tensor": {"shape": [-1], "data": [1.0]}})).contains("`tensor.shape[0]`")
         );
@@ -477,13 +521,16 @@ mod tests {
         let big = "A".repeat(2 << 20);
         assert!(matches!(
             parse_direct(json!({"image": big}), &limits),
-            Err(Error::TooLarge { .. })
+            Err(Error::TooLarge {
+                limit: crate::error::Limit::PayloadBytes,
+                ..
+            })
         ));
         // Over the element limit: refused from the JSON's length, whatever the elements are.
         let data = vec![json!("not even a number"); 101];
         assert!(matches!(
             parse_direct(json!({"tensor": {"shape": [101], "data": data}}), &limits),
-            Err(Error::TooLarge { limit: 100, .. })
+            Err(Error::TooLarge { max: 100, .. })
         ));
     }
 }

@@ -15,12 +15,16 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageReader};
 use ndarray::ArrayView3;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Limit, Result};
 use crate::jpeg;
 use crate::manifest::{Color, Crop, Decode, ImageInput, Interpolation};
 
 /// Default for `LAMBDATORCH_MAX_IMAGE_PIXELS`: 40 megapixels, above any phone camera.
 pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 40_000_000;
+
+/// What the `image` crate's decoders may allocate beyond the pixel buffer (its default): PNG
+/// text chunks, ICC profiles, animation frames.
+const DECODER_MAX_ALLOC: u64 = 512 * 1024 * 1024;
 
 /// An image as the caller gave it.
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +69,7 @@ fn decode_other(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage> {
     if bytes.is_empty() {
         return Err(Error::InvalidImage("the image is empty (0 bytes)".into()));
     }
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|err| Error::InvalidImage(format!("cannot read the image: {err}")))?;
     if reader.format().is_none() || jpeg::is_jpeg(bytes) {
@@ -74,6 +78,9 @@ fn decode_other(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage> {
             hex_prefix(bytes)
         )));
     }
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(DECODER_MAX_ALLOC);
+    reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(invalid_image)?;
     let (width, height) = decoder.dimensions();
     check_pixels(width, height, max_pixels)?;
@@ -87,11 +94,10 @@ fn decode_other(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage> {
 
 fn invalid_image(err: image::ImageError) -> Error {
     match err {
-        image::ImageError::Limits(limit) => Error::TooLarge {
-            what: "image decoding memory",
-            actual: limit.to_string(),
-            limit: 0,
-            hint: "",
+        image::ImageError::Limits(_) => Error::TooLarge {
+            limit: Limit::ImageDecoderBytes,
+            actual: 0,
+            max: DECODER_MAX_ALLOC,
         },
         other => Error::InvalidImage(format!("cannot decode the image: {other}")),
     }
@@ -114,11 +120,10 @@ fn check_pixels(width: u32, height: u32, max_pixels: u64) -> Result<()> {
     }
     let pixels = u64::from(width) * u64::from(height);
     if pixels > max_pixels {
-        return Err(Error::TooLarge {
-            what: "the image size",
-            actual: format!("{width}x{height} = {pixels} pixels"),
-            limit: max_pixels,
-            hint: " pixels (LAMBDATORCH_MAX_IMAGE_PIXELS)",
+        return Err(Error::ImageTooLarge {
+            width,
+            height,
+            max: max_pixels,
         });
     }
     Ok(())
@@ -168,8 +173,6 @@ fn decode_jpeg(
             Some(decoder) => decoder,
             None => slot.insert(jpeg::Decoder::new()?),
         };
-        let header = decoder.header(bytes)?;
-        check_pixels(header.width, header.height, max_pixels)?;
         let orientation = jpeg::orientation(bytes);
         let swaps = matches!(
             orientation,
@@ -178,19 +181,30 @@ fn decode_jpeg(
                 | Orientation::Rotate90FlipH
                 | Orientation::Rotate270FlipH
         );
-        let full = if swaps {
-            (header.height, header.width)
-        } else {
-            (header.width, header.height)
-        };
-        let scale = denominator(full.0, full.1, header.lossless);
-        let layout = match (header.layout, color) {
-            (jpeg::Layout::Cmyk, _) => jpeg::Layout::Cmyk,
-            (jpeg::Layout::Gray, Color::Gray) => jpeg::Layout::Gray,
-            _ => jpeg::Layout::Rgb,
-        };
+        let mut full = (0, 0);
         let mut data = spare_buffer();
-        let (width, height) = decoder.decode(bytes, &header, layout, scale, &mut data)?;
+        let decoded = decoder.decode(bytes, &mut data, |header| {
+            check_pixels(header.width, header.height, max_pixels)?;
+            full = if swaps {
+                (header.height, header.width)
+            } else {
+                (header.width, header.height)
+            };
+            let layout = match (header.layout, color) {
+                (jpeg::Layout::Cmyk, _) => jpeg::Layout::Cmyk,
+                (jpeg::Layout::Gray, Color::Gray) => jpeg::Layout::Gray,
+                _ => jpeg::Layout::Rgb,
+            };
+            Ok((layout, denominator(full.0, full.1, header.lossless)))
+        });
+        let decoded = match decoded {
+            Ok(decoded) => decoded,
+            Err(err) => {
+                recycle(data);
+                return Err(err);
+            }
+        };
+        let (width, height, layout) = (decoded.width, decoded.height, decoded.layout);
         if layout == jpeg::Layout::Cmyk {
             let mut rgb = spare_buffer();
             jpeg::cmyk_to_rgb(&data, &mut rgb);
@@ -205,7 +219,7 @@ fn decode_jpeg(
             pixels = orient(pixels, orientation);
         }
         pixels.full = full;
-        pixels.denominator = scale;
+        pixels.denominator = decoded.denominator;
         Ok(pixels)
     })
 }
@@ -480,10 +494,13 @@ impl Preprocessor {
     pub fn tensorize(&self, pixels: &Pixels, out: &mut [f32]) -> Result<()> {
         let [channels, out_h, out_w] = self.chw();
         if out.len() != self.tensor_len() {
-            return Err(Error::Inference(format!(
-                "internal: tensor buffer of {} floats for {channels}x{out_h}x{out_w}",
-                out.len()
-            )));
+            return Err(Error::internal(
+                "tensorize",
+                format!(
+                    "tensor buffer of {} floats for {channels}x{out_h}x{out_w}",
+                    out.len()
+                ),
+            ));
         }
         let [size_h, size_w] = self.spec.size;
         // The geometry comes from the full-resolution size, so a scaled decode lands on the
@@ -542,7 +559,7 @@ impl Preprocessor {
             Interpolation::Bilinear | Interpolation::Nearest => (fir::FilterType::Bilinear, 1.0),
         };
         let algorithm = fir::ResizeAlg::Convolution(filter);
-        let internal = |err: String| Error::Inference(format!("internal: resize: {err}"));
+        let internal = |err: String| Error::internal("resize", err);
         // One pass: `src` (`from` pixels, row-major) is resized into `dst` (`to` pixels), reading
         // the source box (left, top, width, height).
         let pass =

@@ -80,9 +80,7 @@ impl Decoder {
         // SAFETY: tj3Init has no preconditions; a null handle is checked below.
         let handle = unsafe { tj::tj3Init(tj::TJINIT_TJINIT_DECOMPRESS as c_int) };
         if handle.is_null() {
-            return Err(Error::Inference(
-                "internal: cannot initialize libjpeg-turbo".into(),
-            ));
+            return Err(Error::internal("jpeg", "cannot initialize libjpeg-turbo"));
         }
         let decoder = Decoder { handle };
         decoder.set(tj::TJPARAM_TJPARAM_SCANLIMIT, MAX_SCANS)?;
@@ -92,10 +90,7 @@ impl Decoder {
     fn set(&self, param: tj::TJPARAM, value: c_int) -> Result<()> {
         // SAFETY: the handle is valid for the lifetime of `self`.
         if unsafe { tj::tj3Set(self.handle, param as c_int, value) } != 0 {
-            return Err(Error::Inference(format!(
-                "internal: libjpeg-turbo: {}",
-                self.message()
-            )));
+            return Err(Error::internal("jpeg", self.message()));
         }
         Ok(())
     }
@@ -112,8 +107,9 @@ impl Decoder {
             .into_owned()
     }
 
-    /// Reads the header without decoding any pixel.
-    pub fn header(&mut self, bytes: &[u8]) -> Result<Header> {
+    /// Reads the header without decoding any pixel. Private: [`Decoder::decode`] reads the
+    /// header of the very bytes it decodes, so the output buffer is always sized for them.
+    fn header(&mut self, bytes: &[u8]) -> Result<Header> {
         // SAFETY: the pointer and length describe `bytes`, which outlives the call.
         let status = unsafe {
             tj::tj3DecompressHeader(self.handle, bytes.as_ptr(), bytes.len() as tj::size_t)
@@ -138,34 +134,44 @@ impl Decoder {
         })
     }
 
-    /// Decodes `bytes`, whose header [`Decoder::header`] just read, at 1/`denominator` scale
-    /// (1, 2, 4 or 8) into `out`, replacing its contents. Returns the decoded (width, height).
+    /// Decodes `bytes` into `out`, replacing its contents. `plan` sees the header first (to
+    /// refuse the image, or to choose the output layout and the scale 1/d, d = 1, 2, 4 or 8)
+    /// before any pixel is decoded.
     pub fn decode(
         &mut self,
         bytes: &[u8],
-        header: &Header,
-        layout: Layout,
-        denominator: u32,
         out: &mut Vec<u8>,
-    ) -> Result<(u32, u32)> {
+        plan: impl FnOnce(&Header) -> Result<(Layout, u32)>,
+    ) -> Result<Decoded> {
+        let header = self.header(bytes)?;
+        let (layout, denominator) = plan(&header)?;
+        if !matches!(denominator, 1 | 2 | 4 | 8) {
+            return Err(Error::internal(
+                "jpeg",
+                format!("unsupported scale 1/{denominator}"),
+            ));
+        }
         let factor = tj::tjscalingfactor {
             num: 1,
             denom: denominator as c_int,
         };
-        // SAFETY: the handle is valid; the factor is one TurboJPEG supports (1/1 to 1/8).
+        // SAFETY: the handle is valid; the factor is one TurboJPEG supports (checked above).
         if unsafe { tj::tj3SetScalingFactor(self.handle, factor) } != 0 {
-            return Err(Error::Inference(format!(
-                "internal: libjpeg-turbo scaling 1/{denominator}: {}",
-                self.message()
-            )));
+            return Err(Error::internal(
+                "jpeg",
+                format!("libjpeg-turbo scaling 1/{denominator}: {}", self.message()),
+            ));
         }
+        // TurboJPEG's TJSCALED: ceil(size / denominator).
         let width = header.width.div_ceil(denominator);
         let height = header.height.div_ceil(denominator);
         let pitch = width as usize * layout.channels();
         // Sized without clearing: a reused buffer is not zeroed again, TurboJPEG overwrites it.
         out.resize(pitch * height as usize, 0);
-        // SAFETY: `out` holds `pitch * height` bytes, the size TurboJPEG writes for this header
-        // and scaling factor; the input pointer and length describe `bytes`.
+        // SAFETY: `header` was read from these same `bytes` by this handle just above, so
+        // TurboJPEG decodes exactly `width` x `height` pixels of `layout` (scaled as set above),
+        // writing `height` rows of `pitch` bytes: `out` holds that many. The input pointer and
+        // length describe `bytes`, which outlives the call.
         let status = unsafe {
             tj::tj3Decompress8(
                 self.handle,
@@ -184,8 +190,26 @@ impl Decoder {
                 self.message()
             )));
         }
-        Ok((width, height))
+        Ok(Decoded {
+            width,
+            height,
+            layout,
+            denominator,
+        })
     }
+}
+
+/// What [`Decoder::decode`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decoded {
+    /// Width in decoded pixels (before any EXIF orientation).
+    pub width: u32,
+    /// Height in decoded pixels.
+    pub height: u32,
+    /// Sample layout.
+    pub layout: Layout,
+    /// The scale was 1/denominator.
+    pub denominator: u32,
 }
 
 impl Drop for Decoder {

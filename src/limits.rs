@@ -5,7 +5,7 @@
 //! hostile request costs a header read or a length check, not memory. Bad values in the
 //! environment are configuration errors, never silently replaced by defaults.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Limit, Result};
 use crate::image::DEFAULT_MAX_IMAGE_PIXELS;
 
 /// Lambda's limit for synchronous invocation payloads.
@@ -72,10 +72,9 @@ impl Limits {
     pub fn check_tensor_elements(&self, elements: usize) -> Result<()> {
         if elements as u64 > self.max_tensor_elements {
             return Err(Error::TooLarge {
-                what: "the tensor",
-                actual: format!("{elements} elements"),
-                limit: self.max_tensor_elements,
-                hint: " elements (LAMBDATORCH_MAX_TENSOR_ELEMENTS)",
+                limit: Limit::TensorElements,
+                actual: elements as u64,
+                max: self.max_tensor_elements,
             });
         }
         Ok(())
@@ -85,10 +84,9 @@ impl Limits {
     pub fn check_payload(&self, len: usize) -> Result<()> {
         if len as u64 > self.max_payload_bytes {
             return Err(Error::TooLarge {
-                what: "the request payload",
-                actual: format!("{len} bytes"),
-                limit: self.max_payload_bytes,
-                hint: " bytes (LAMBDATORCH_MAX_PAYLOAD_BYTES)",
+                limit: Limit::PayloadBytes,
+                actual: len as u64,
+                max: self.max_payload_bytes,
             });
         }
         Ok(())
@@ -156,12 +154,12 @@ mod tests {
         assert!(limits.check_tensor_elements(10).is_ok());
         assert!(matches!(
             limits.check_tensor_elements(11),
-            Err(Error::TooLarge { limit: 10, .. })
+            Err(Error::TooLarge { max: 10, .. })
         ));
         assert!(limits.check_payload(100).is_ok());
         assert!(matches!(
             limits.check_payload(101),
-            Err(Error::TooLarge { limit: 100, .. })
+            Err(Error::TooLarge { max: 100, .. })
         ));
     }
 

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use crate::tensor::DType;
 
 /// File name of a model's manifest inside its directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -17,7 +18,7 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// A parsed and validated manifest.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Manifest {
-    /// Only `torchscript` today.
+    /// How the model file is serialised, which decides the backend that runs it.
     pub format: Format,
     /// The model file, relative to the model directory.
     pub file: String,
@@ -183,21 +184,6 @@ pub struct TensorInput {
     /// Element type the model takes.
     #[serde(default)]
     pub dtype: DType,
-}
-
-/// Element types accepted for tensor inputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DType {
-    /// 32-bit float.
-    #[default]
-    Float32,
-    /// 64-bit float.
-    Float64,
-    /// 32-bit signed integer.
-    Int32,
-    /// 64-bit signed integer.
-    Int64,
 }
 
 /// What the model returns.

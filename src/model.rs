@@ -1,21 +1,28 @@
-//! A loaded model: TorchScript through libtorch on CPU, plus its preprocessing and output handling.
+//! A loaded model: manifest + input pipeline + backend + output head, and nothing else.
 //!
-//! Loading verifies the file's sha256 (when the manifest gives one), puts the module in eval mode,
-//! sizes libtorch's thread pool to the CPUs this process may really use, and warms the model up.
-//! Inference runs without autograd. A `Model` is `Send + Sync`: one instance serves every thread.
+//! Loading verifies the file's sha256 (when the manifest gives one), hands the verified file to
+//! the backend the manifest's `format` names, sizes libtorch's thread pool and warms the model up.
+//! Serving checks a request against the input and the limits, runs one forward pass per batch
+//! and hands the output to the output head. A `Model` is `Send + Sync`: one instance serves every
+//! thread.
 
+use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
-use tch::{CModule, Device, Kind, Tensor};
 
-use crate::error::{first_line, Error, Result};
-use crate::image::{ImageSource, Preprocessor};
+use crate::backend::{self, Backend};
+use crate::error::{Error, Result};
+use crate::image::ImageSource;
+use crate::input::InputPipeline;
 use crate::limits::Limits;
-use crate::manifest::{ClassificationOutput, DType, Input, Manifest, ModelDir, Output, Threads};
+use crate::manifest::{Manifest, ModelDir, Threads};
+use crate::output::{OutputHead, Prediction};
+use crate::tensor::{Elements, TensorData};
 
 /// The libtorch version this build links against (tch 0.26).
 pub const LIBTORCH_VERSION: &str = "2.13.0";
@@ -38,61 +45,12 @@ pub fn usable_cpus() -> usize {
     }
 }
 
-/// One prediction of a classification model.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Prediction {
-    /// Class index in the model's output.
-    pub index: usize,
-    /// Class label, when the manifest gives labels.
-    pub label: Option<String>,
-    /// Score: a probability when the manifest asks for softmax, else the raw output.
-    #[serde(serialize_with = "short_score")]
-    pub score: f32,
-}
-
-/// `value` as the f64 nearest to its shortest round-tripping decimal (0.8731f32 becomes 0.8731,
-/// not 0.873100042...): JSON responses then read as the float32 values they are.
-pub fn short_f64(value: f32) -> f64 {
-    if !value.is_finite() {
-        return f64::from(value);
-    }
-    value.to_string().parse().unwrap_or(f64::from(value))
-}
-
-fn short_score<S: serde::Serializer>(score: &f32, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(short_f64(*score))
-}
-
-/// A dense tensor crossing the API boundary: shape and row-major data.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TensorData<T> {
-    /// Dimensions.
-    pub shape: Vec<usize>,
-    /// Elements, row-major; `shape.iter().product()` of them.
-    pub data: Vec<T>,
-}
-
-impl<T> TensorData<T> {
-    /// Checks that `data` fills `shape`.
-    pub fn new(shape: Vec<usize>, data: Vec<T>) -> Result<Self> {
-        let expected = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-        if expected != Some(data.len()) {
-            return Err(Error::invalid_input(format!(
-                "tensor shape {shape:?} needs {} elements, got {}",
-                expected.map_or_else(|| "too many".to_owned(), |n| n.to_string()),
-                data.len()
-            )));
-        }
-        Ok(TensorData { shape, data })
-    }
-}
-
 /// Milliseconds spent in each stage of a request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Timings {
-    /// Decoding images to pixels.
+    /// Decoding images to pixels (zero for tensors).
     pub decode: f64,
-    /// Resizing, cropping and normalizing to the input tensor.
+    /// Resizing, cropping and normalizing images, or checking and converting a tensor.
     pub preprocess: f64,
     /// The forward pass and output handling.
     pub inference: f64,
@@ -100,15 +58,16 @@ pub struct Timings {
     pub total: f64,
 }
 
-fn ms_between(start: Instant, end: Instant) -> f64 {
-    (end - start).as_secs_f64() * 1e3
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
 }
 
 /// A model loaded and ready to serve.
 pub struct Model {
     dir: ModelDir,
-    module: CModule,
-    preprocessor: Option<Preprocessor>,
+    input: InputPipeline,
+    backend: Box<dyn Backend>,
+    output: OutputHead,
     limits: Limits,
 }
 
@@ -123,60 +82,29 @@ impl std::fmt::Debug for Model {
 impl Model {
     /// Loads the model a [`ModelDir`] describes; `limits` bound what its requests may ask for.
     pub fn load(dir: ModelDir, limits: Limits) -> Result<Model> {
-        // libtorch reads the file itself, through `/proc/self/fd`: the file hashed is the file
-        // loaded (a replacement renamed into place meanwhile is not picked up), and the model's
-        // bytes are never held in memory beside the loaded module (ResNet-18: 45 MB less at peak
-        // than loading from a buffer, which libtorch copies once more).
-        let unreadable = |err: std::io::Error| {
-            Error::manifest(
-                &dir.manifest_path,
-                "file",
-                format!("cannot read {}: {err}", dir.model_file.display()),
-            )
-        };
-        let mut file = std::fs::File::open(&dir.model_file).map_err(unreadable)?;
-        if let Some(expected) = &dir.manifest.sha256 {
-            let mut hasher = Sha256::new();
-            std::io::copy(&mut file, &mut hasher).map_err(unreadable)?;
-            let actual = format!("{:x}", hasher.finalize());
-            if !actual.eq_ignore_ascii_case(expected) {
-                return Err(Error::manifest(
-                    &dir.manifest_path,
-                    "sha256",
-                    format!(
-                        "{} has sha256 {actual}, the manifest says {expected}: the file is \
-                         corrupt, truncated or replaced; copy it again or update the digest",
-                        dir.model_file.display()
-                    ),
-                ));
-            }
-        }
+        let file = verified_file(&dir)?;
         let threads = match dir.manifest.threads {
             Threads::Auto => usable_cpus(),
             Threads::Count(n) => n,
         };
-        tch::set_num_threads(threads as i32);
-        let opened = format!("/proc/self/fd/{}", file.as_raw_fd());
-        let mut module = CModule::load_on_device(&opened, Device::Cpu).map_err(|err| {
+        backend::set_threads(threads);
+        // The backend reads the file through `/proc/self/fd`: the file hashed is the file
+        // loaded (a replacement renamed into place meanwhile is not picked up), and the model's
+        // bytes are never held in memory beside the loaded module.
+        let opened = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let backend = backend::load(dir.manifest.format, &opened).map_err(|message| {
             Error::manifest(
                 &dir.manifest_path,
                 "file",
-                format!(
-                    "{} is not a loadable TorchScript model: {}",
-                    dir.model_file.display(),
-                    first_line(&err.to_string())
-                ),
+                format!("{}: {message}", dir.model_file.display()),
             )
         })?;
-        module.set_eval();
-        let preprocessor = dir
-            .manifest
-            .image_input()
-            .map(|spec| Preprocessor::new(spec, limits.max_image_pixels));
+        drop(file);
         let model = Model {
+            input: InputPipeline::new(&dir.manifest.input, &limits),
+            output: OutputHead::new(&dir.manifest.output, dir.labels.clone()),
+            backend,
             dir,
-            module,
-            preprocessor,
             limits,
         };
         if model.manifest().warmup {
@@ -200,9 +128,18 @@ impl Model {
         &self.limits
     }
 
-    /// Image preprocessing, or `InvalidInput` when the model takes tensors.
-    pub fn preprocessor(&self) -> Result<&Preprocessor> {
-        self.preprocessor.as_ref().ok_or_else(|| {
+    /// The input pipeline (shape, dtype, image preprocessing).
+    pub fn input(&self) -> &InputPipeline {
+        &self.input
+    }
+
+    /// The output head (classification or raw).
+    pub fn output(&self) -> &OutputHead {
+        &self.output
+    }
+
+    fn preprocessor(&self) -> Result<&crate::image::Preprocessor> {
+        self.input.preprocessor().ok_or_else(|| {
             Error::invalid_input(format!(
                 "model {:?} takes tensors, not images (its manifest's input.type is \"tensor\")",
                 self.name()
@@ -210,28 +147,32 @@ impl Model {
         })
     }
 
-    /// Runs images through the model: decode, preprocess into one batch, one forward pass. The
-    /// images are preprocessed straight into the buffer of the tensor libtorch then runs on.
-    pub fn infer(&self, images: &[ImageSource<'_>]) -> Result<(TensorData<f32>, Timings)> {
+    /// Runs images through the model: decode, preprocess into one batch, one forward pass.
+    pub fn infer(&self, images: &[ImageSource<'_>]) -> Result<(TensorData, Timings)> {
         let started = Instant::now();
         let [c, h, w] = self.preprocessor()?.chw();
         self.check_batch(images.len())?;
         let shape = [images.len(), c, h, w].map(|d| d as i64);
-        let batch = Tensor::f_empty(shape, (Kind::Float, tch::Device::Cpu))?;
-        // SAFETY: `batch` is a new contiguous float32 CPU tensor of `numel` elements; the slice
-        // borrows it mutably and ends before the tensor is used again.
-        let floats = unsafe {
-            std::slice::from_raw_parts_mut(batch.data_ptr().cast::<f32>(), batch.numel())
+        // Preprocessed straight into the tensor libtorch then runs on; zeroed first, so the
+        // slice below never views uninitialised memory.
+        let batch = tch::Tensor::f_zeros(shape, (tch::Kind::Float, tch::Device::Cpu))
+            .map_err(|err| Error::internal("batch tensor", err))?;
+        let numel = batch.numel();
+        // SAFETY: `batch` is a new, contiguous, initialised (zeroed) float32 CPU tensor of
+        // `numel` elements that nothing else references; the slice borrows its storage mutably
+        // and is dropped at the end of this statement's scope, before the tensor is used again.
+        let [decode, preprocess] = {
+            let floats =
+                unsafe { std::slice::from_raw_parts_mut(batch.data_ptr().cast::<f32>(), numel) };
+            self.preprocess_into(images, floats)?
         };
-        let [decode, preprocess] = self.preprocess_into(images, floats)?;
-        let preprocessed = Instant::now();
-        let output = self.run(batch)?;
-        let done = Instant::now();
+        let before = Instant::now();
+        let output = self.run(&batch)?;
         let timings = Timings {
             decode,
             preprocess,
-            inference: ms_between(preprocessed, done),
-            total: ms_between(started, done),
+            inference: ms_since(before),
+            total: ms_since(started),
         };
         Ok((output, timings))
     }
@@ -243,40 +184,30 @@ impl Model {
         top_k: Option<usize>,
     ) -> Result<(Vec<Vec<Prediction>>, Timings)> {
         let started = Instant::now();
-        self.classification()?;
+        // Checked first, so a raw model does not decode images it cannot answer for.
+        self.output.require_classification(self.name())?;
         let (output, mut timings) = self.infer(images)?;
         let before = Instant::now();
         let predictions = self.classify(&output, top_k)?;
-        let done = Instant::now();
-        timings.inference += ms_between(before, done);
-        timings.total = ms_between(started, done);
+        timings.inference += ms_since(before);
+        timings.total = ms_since(started);
         Ok((predictions, timings))
     }
 
-    fn classification(&self) -> Result<&ClassificationOutput> {
-        match &self.manifest().output {
-            Output::Classification(spec) => Ok(spec),
-            Output::Raw(_) => Err(Error::invalid_input(format!(
-                "model {:?} has raw output (its manifest's output.type is \"raw\"): use forward, \
-                 or send a request without predictions",
-                self.name()
-            ))),
-        }
-    }
-
-    /// Decodes and preprocesses images into one NCHW float32 batch. Each image goes from bytes to
-    /// its slice of the batch on one worker thread, in parallel across images. Also returns the
-    /// wall time split between the `decode` and `preprocess` stages (in proportion to the time
-    /// the images spent in each).
-    pub fn preprocess(&self, images: &[ImageSource<'_>]) -> Result<(TensorData<f32>, [f64; 2])> {
+    /// Decodes and preprocesses images into one NCHW float32 batch. Also returns the wall time
+    /// split between the `decode` and `preprocess` stages.
+    pub fn preprocess(&self, images: &[ImageSource<'_>]) -> Result<(TensorData, [f64; 2])> {
         let [c, h, w] = self.preprocessor()?.chw();
         self.check_batch(images.len())?;
         let mut data = vec![0f32; images.len() * c * h * w];
         let stages = self.preprocess_into(images, &mut data)?;
-        Ok((TensorData::new(vec![images.len(), c, h, w], data)?, stages))
+        let tensor = TensorData::new(vec![images.len(), c, h, w], Elements::Float32(data))?;
+        Ok((tensor, stages))
     }
 
-    /// [`Model::preprocess`] into `out`, which holds the whole batch.
+    /// [`Model::preprocess`] into `out`, which holds the whole batch. Each image goes from bytes
+    /// to its slice of the batch on one worker thread, in parallel across images; the wall time
+    /// is split between decode and preprocess in proportion to the time images spent in each.
     fn preprocess_into(&self, images: &[ImageSource<'_>], out: &mut [f32]) -> Result<[f64; 2]> {
         let started = Instant::now();
         let pre = self.preprocessor()?;
@@ -291,7 +222,7 @@ impl Model {
             }
             _ => slots.iter_mut().map(work).collect::<Result<_>>()?,
         };
-        let wall = ms_between(started, Instant::now());
+        let wall = ms_since(started);
         let (decode, preprocess) = stages
             .iter()
             .fold((0.0, 0.0), |(d, p), (di, pi)| (d + di, p + pi));
@@ -324,144 +255,109 @@ impl Model {
         Ok(())
     }
 
-    /// Runs the model on a caller's float32 batch (NCHW for image models, the manifest's shape
-    /// for tensor models), after checking it; returns its output as float32.
-    pub fn forward(&self, input: &TensorData<f32>) -> Result<TensorData<f32>> {
-        self.check_tensor(&input.shape)?;
-        if let Some(i) = input.data.iter().position(|v| !v.is_finite()) {
-            return Err(Error::invalid_input(format!(
-                "the tensor holds {} at element {i}: inputs must be finite numbers",
-                input.data[i]
-            )));
-        }
-        self.run_input(input)
-    }
-
-    /// Runs the model on a tensor this crate built (a preprocessed batch, warmup zeros), whose
-    /// shape and values are right by construction and whose size `max_batch` bounds.
-    fn run_input(&self, input: &TensorData<f32>) -> Result<TensorData<f32>> {
-        let shape: Vec<i64> = input.shape.iter().map(|&d| d as i64).collect();
-        let tensor = Tensor::f_from_slice(&input.data)?.f_reshape(&shape)?;
-        let tensor = match &self.dir.manifest.input {
-            Input::Tensor(spec) => tensor.f_to_kind(kind_of(spec.dtype))?,
-            Input::Image(_) => tensor,
-        };
-        self.run(tensor)
-    }
-
-    /// Checks a caller's tensor shape against the model's input and the limits, before anything
-    /// is copied or run: callers that copy a tensor (the Python `forward`) call it first.
-    pub fn check_tensor(&self, shape: &[usize]) -> Result<()> {
-        let elements = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-        self.limits
-            .check_tensor_elements(elements.unwrap_or(usize::MAX))?;
-        let want: Vec<i64> = match (&self.dir.manifest.input, &self.preprocessor) {
-            (Input::Tensor(spec), _) => spec.shape.clone(),
-            (Input::Image(_), Some(pre)) => {
-                let [c, h, w] = pre.chw();
-                vec![-1, c as i64, h as i64, w as i64]
-            }
-            (Input::Image(_), None) => return Ok(()),
-        };
-        let fits = shape.len() == want.len()
-            && shape
-                .iter()
-                .zip(&want)
-                .enumerate()
-                .all(|(i, (&g, &w))| w == -1 || g as i64 == w || (i == 0 && g >= 1));
-        if !fits {
-            return Err(Error::invalid_input(format!(
-                "model {:?} takes tensors of shape {want:?} (batch first, -1 for any), got \
-                 {shape:?}",
-                self.name()
-            )));
-        }
+    /// Checks a caller's tensor shape (and so its size) against the model before it is copied.
+    pub fn check_shape(&self, shape: &[usize]) -> Result<()> {
+        self.input
+            .check_shape(shape, &self.limits)
+            .map_err(|err| self.named(err))?;
         self.check_batch(shape.first().copied().unwrap_or(0))
     }
 
-    fn run(&self, input: Tensor) -> Result<TensorData<f32>> {
-        let output = tch::no_grad(|| self.module.forward_ts(&[input])).map_err(|err| {
-            Error::Inference(format!(
-                "the model failed: {}",
-                first_line(&err.to_string())
-            ))
-        })?;
-        let output = output.f_to_kind(Kind::Float)?.f_contiguous()?;
-        let shape: Vec<usize> = output.size().iter().map(|&d| d as usize).collect();
-        let data = Vec::<f32>::try_from(&output.f_reshape([-1])?)?;
-        TensorData::new(shape, data)
+    /// Runs the model on a caller's tensor (NCHW float32 for image models, the manifest's shape
+    /// and dtype for tensor models), after checking it; returns the output in its own dtype.
+    pub fn forward(&self, input: &TensorData) -> Result<TensorData> {
+        self.check_shape(&input.shape)?;
+        self.input
+            .check(input, &self.limits)
+            .map_err(|err| self.named(err))?;
+        self.run(&input.to_torch()?)
     }
 
-    /// Turns a classification output `[batch, classes]` into the best `top_k` predictions per row
-    /// (the manifest's `top_k` when `None`).
+    /// Best `top_k` predictions per row of a classification output.
     pub fn classify(
         &self,
-        output: &TensorData<f32>,
+        output: &TensorData,
         top_k: Option<usize>,
     ) -> Result<Vec<Vec<Prediction>>> {
-        let spec = self.classification()?;
-        let [batch, classes] = output.shape[..] else {
-            return Err(Error::Inference(format!(
-                "a classification model must return [batch, classes] scores, model {:?} returned \
-                 shape {:?}",
+        self.output.classify(self.name(), output, top_k)
+    }
+
+    /// One forward pass on a tensor that passed the checks; the first output, copied out.
+    fn run(&self, input: &tch::Tensor) -> Result<TensorData> {
+        let outputs = self
+            .backend
+            .forward(std::slice::from_ref(input))
+            .map_err(|message| Error::inference(self.name(), message))?;
+        let first = outputs
+            .first()
+            .ok_or_else(|| Error::inference(self.name(), "the model returned no output tensor"))?;
+        TensorData::from_torch(first)?.ok_or_else(|| {
+            Error::inference(
                 self.name(),
-                output.shape
-            )));
-        };
-        let top_k = top_k.unwrap_or(spec.top_k).min(classes);
-        let scores = if spec.softmax {
-            let logits =
-                Tensor::f_from_slice(&output.data)?.f_reshape([batch as i64, classes as i64])?;
-            Vec::<f32>::try_from(&logits.f_softmax(1, Kind::Float)?.f_reshape([-1])?)?
-        } else {
-            output.data.clone()
-        };
-        if let Some(bad) = scores.iter().find(|v| !v.is_finite()) {
-            return Err(Error::Inference(format!(
-                "model {:?} returned a score of {bad}; its predictions would be meaningless",
-                self.name()
-            )));
+                format!(
+                    "the model returned a {:?} tensor; lambdatorch returns float32, float64, \
+                     float16, bfloat16, int64, int32, uint8 and bool",
+                    first.kind()
+                ),
+            )
+        })
+    }
+
+    fn named(&self, err: Error) -> Error {
+        match err {
+            Error::InvalidInput(message) => {
+                Error::InvalidInput(format!("model {:?}: {message}", self.name()))
+            }
+            other => other,
         }
-        let labels = self.dir.labels.as_deref();
-        Ok(scores
-            .chunks_exact(classes.max(1))
-            .map(|row| {
-                let mut order: Vec<usize> = (0..row.len()).collect();
-                // Highest score first; ties keep class order, so answers are stable.
-                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-                order
-                    .into_iter()
-                    .take(top_k)
-                    .map(|index| Prediction {
-                        index,
-                        label: labels.and_then(|l| l.get(index)).cloned(),
-                        score: row[index],
-                    })
-                    .collect()
-            })
-            .collect())
     }
 
     /// One inference on zeros of the input's shape, so libtorch's lazy initialisation (kernel
     /// selection, allocator pools) happens at load, not on the first request.
     fn warmup(&self) -> Result<()> {
-        let shape: Vec<usize> = match (&self.dir.manifest.input, &self.preprocessor) {
-            (Input::Image(_), Some(pre)) => {
-                let [c, h, w] = pre.chw();
-                vec![1, c, h, w]
-            }
-            (Input::Tensor(spec), _) => spec.shape.iter().map(|&d| d.max(1) as usize).collect(),
-            (Input::Image(_), None) => return Ok(()),
-        };
-        let zeros = TensorData::new(shape.clone(), vec![0f32; shape.iter().product()])?;
-        self.run_input(&zeros).map_err(|err| {
-            Error::Inference(format!(
-                "warmup of model {:?} on zeros of shape {shape:?} failed: {err}",
-                self.name()
-            ))
+        let zeros = self.input.warmup_input()?;
+        self.run(&zeros.to_torch()?).map_err(|err| match err {
+            Error::Inference { model, message } => Error::Inference {
+                model,
+                message: format!(
+                    "warmup on zeros of shape {:?} failed: {message}",
+                    zeros.shape
+                ),
+            },
+            other => other,
         })?;
         Ok(())
     }
+}
+
+/// Opens the model file and, when the manifest gives a sha256, checks it: the open file is what
+/// the backend then loads.
+fn verified_file(dir: &ModelDir) -> Result<File> {
+    let unreadable = |err: std::io::Error| {
+        Error::manifest(
+            &dir.manifest_path,
+            "file",
+            format!("cannot read {}: {err}", dir.model_file.display()),
+        )
+    };
+    let mut file = File::open(&dir.model_file).map_err(unreadable)?;
+    if let Some(expected) = &dir.manifest.sha256 {
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher).map_err(unreadable)?;
+        let actual = format!("{:x}", hasher.finalize());
+        if !actual.eq_ignore_ascii_case(expected) {
+            return Err(Error::manifest(
+                &dir.manifest_path,
+                "sha256",
+                format!(
+                    "{} has sha256 {actual}, the manifest says {expected}: the file is corrupt, \
+                     truncated or replaced; copy it again or update the digest",
+                    dir.model_file.display()
+                ),
+            ));
+        }
+    }
+    Ok(file)
 }
 
 /// The threads that decode and preprocess a batch's images in parallel: as many as the CPUs this
@@ -488,14 +384,5 @@ fn in_batch(err: Error, index: usize, len: usize) -> Error {
         Error::InvalidImage(message) => Error::InvalidImage(format!("image {index}: {message}")),
         Error::InvalidInput(message) => Error::InvalidInput(format!("image {index}: {message}")),
         other => other,
-    }
-}
-
-fn kind_of(dtype: DType) -> Kind {
-    match dtype {
-        DType::Float32 => Kind::Float,
-        DType::Float64 => Kind::Double,
-        DType::Int32 => Kind::Int,
-        DType::Int64 => Kind::Int64,
     }
 }

@@ -15,9 +15,11 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::image::ImageSource;
 use crate::limits::Limits;
-use crate::manifest::{Output, MANIFEST_FILE};
-use crate::model::{Model, Prediction, TensorData, Timings};
+use crate::manifest::MANIFEST_FILE;
+use crate::model::{Model, Timings};
+use crate::output::Prediction;
 use crate::registry::{self, Registry};
+use crate::tensor::{DType, Elements, Scalar, TensorData};
 
 /// Where models live unless `LAMBDATORCH_MODELS` says otherwise.
 pub const DEFAULT_MODELS_ROOT: &str = "/mnt/efs/models";
@@ -65,12 +67,26 @@ impl Config {
 /// What a request asks the model to run on.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Payload {
-    /// One encoded image.
+    /// One encoded image: answered with `predictions`.
     Image(Vec<u8>),
-    /// A batch of encoded images, run in one forward pass.
+    /// A batch of encoded images, run in one forward pass: answered with `results`.
     Images(Vec<Vec<u8>>),
-    /// A tensor, batch first.
-    Tensor(TensorData<f32>),
+    /// A tensor, batch first, as JSON scalars until the model's dtype is known: answered with
+    /// `results`, one per row.
+    Tensor {
+        /// Dimensions, batch first.
+        shape: Vec<usize>,
+        /// Elements, row-major.
+        data: Vec<Scalar>,
+    },
+}
+
+impl Payload {
+    /// Whether the request carried one input by a singular field (`image`), which is answered
+    /// with `predictions`; every other form (`images`, `tensor`) is answered with `results`.
+    pub fn is_single(&self) -> bool {
+        matches!(self, Payload::Image(_))
+    }
 }
 
 /// A request, however it arrived.
@@ -101,17 +117,17 @@ pub struct Response {
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum Body {
-    /// One input, classification output.
+    /// A classification of the one input of a singular request (`image`).
     Predictions {
         /// Best first.
         predictions: Vec<Prediction>,
     },
-    /// Several inputs, classification output.
+    /// Classifications of every input of a batch request (`images`, `tensor`), in order.
     Batch {
         /// One entry per input, in order.
         results: Vec<BatchResult>,
     },
-    /// Raw output.
+    /// Raw output, whatever the request's form.
     Raw {
         /// The output tensor.
         output: RawTensor,
@@ -130,9 +146,11 @@ pub struct BatchResult {
 pub struct RawTensor {
     /// Dimensions.
     pub shape: Vec<usize>,
-    /// Elements, row-major, as the shortest decimals that round-trip their float32 values.
-    #[serde(serialize_with = "short_floats")]
-    pub data: Vec<f32>,
+    /// Element type: the model's output dtype.
+    pub dtype: DType,
+    /// Elements, row-major: integers exactly, bools as `true`/`false`, floats as the shortest
+    /// decimals that round-trip their own precision.
+    pub data: Elements,
 }
 
 fn rounded_timings<S: serde::Serializer>(t: &Timings, s: S) -> Result<S::Ok, S::Error> {
@@ -144,10 +162,6 @@ fn rounded_timings<S: serde::Serializer>(t: &Timings, s: S) -> Result<S::Ok, S::
         total: round(t.total),
     }
     .serialize(s)
-}
-
-fn short_floats<S: serde::Serializer>(data: &[f32], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(data.iter().map(|&v| crate::model::short_f64(v)))
 }
 
 /// The service: configuration plus the process's model registry.
@@ -225,49 +239,31 @@ impl Service {
             }
         }
         let model = self.model(request.model.as_deref())?;
-        let classification = matches!(model.manifest().output, Output::Classification(_));
-        let (body, mut timings) = match &request.payload {
-            Payload::Image(bytes) => {
-                let sources = [ImageSource::Encoded(bytes)];
-                if classification {
-                    let (mut predictions, timings) = model.predict(&sources, top_k)?;
-                    let predictions = predictions.pop().unwrap_or_default();
-                    (Body::Predictions { predictions }, timings)
-                } else {
-                    let (output, timings) = model.infer(&sources)?;
-                    (raw(output)?, timings)
-                }
-            }
+        let single = request.payload.is_single();
+        let (output, mut timings) = match request.payload {
+            Payload::Image(bytes) => model.infer(&[ImageSource::Encoded(&bytes)])?,
             Payload::Images(images) => {
                 let sources: Vec<_> = images.iter().map(|b| ImageSource::Encoded(b)).collect();
-                if classification {
-                    let (predictions, timings) = model.predict(&sources, top_k)?;
-                    (batch(predictions), timings)
-                } else {
-                    let (output, timings) = model.infer(&sources)?;
-                    (raw(output)?, timings)
-                }
+                model.infer(&sources)?
             }
-            Payload::Tensor(tensor) => {
-                let output = model.forward(tensor)?;
-                let timings = Timings::default();
-                if classification {
-                    let mut predictions = model.classify(&output, top_k)?;
-                    if predictions.len() == 1 {
-                        let predictions = predictions.pop().unwrap_or_default();
-                        (Body::Predictions { predictions }, timings)
-                    } else {
-                        (batch(predictions), timings)
-                    }
-                } else {
-                    (raw(output)?, timings)
-                }
+            Payload::Tensor { shape, data } => {
+                model.check_shape(&shape)?;
+                let converted = TensorData::from_json(shape, &data, model.input().dtype())?;
+                let preprocess = ms_since(started);
+                let before = Instant::now();
+                let output = model.forward(&converted)?;
+                let timings = Timings {
+                    preprocess,
+                    inference: ms_since(before),
+                    ..Timings::default()
+                };
+                (output, timings)
             }
         };
-        timings.total = started.elapsed().as_secs_f64() * 1e3;
-        if let Payload::Tensor(_) = request.payload {
-            timings.inference = timings.total;
-        }
+        let before = Instant::now();
+        let body = answer(&model, output, top_k, single)?;
+        timings.inference += ms_since(before);
+        timings.total = ms_since(started);
         Ok(Response {
             model: model.name().to_owned(),
             body,
@@ -276,28 +272,42 @@ impl Service {
     }
 }
 
-/// JSON has no NaN or infinity (serde would write `null`), so such outputs are errors.
-fn raw(output: TensorData<f32>) -> Result<Body> {
-    if let Some(bad) = output.data.iter().find(|v| !v.is_finite()) {
-        return Err(Error::Inference(format!(
-            "the model returned {bad}, which a JSON response cannot carry"
-        )));
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
+}
+
+/// The response body for a model's output: predictions of a classifier (of the one input of a
+/// singular request, else of every input), or the raw tensor.
+fn answer(model: &Model, output: TensorData, top_k: Option<usize>, single: bool) -> Result<Body> {
+    if model.output().is_classification() {
+        let mut rows = model.classify(&output, top_k)?;
+        return Ok(if single && rows.len() == 1 {
+            Body::Predictions {
+                predictions: rows.pop().unwrap_or_default(),
+            }
+        } else {
+            Body::Batch {
+                results: rows
+                    .into_iter()
+                    .map(|predictions| BatchResult { predictions })
+                    .collect(),
+            }
+        });
+    }
+    // JSON has no NaN or infinity (serde would write `null`), so such outputs are errors.
+    if let Some((i, bad)) = output.elements.first_non_finite() {
+        return Err(Error::inference(
+            model.name(),
+            format!("the model returned {bad} at element {i}, which a JSON response cannot carry"),
+        ));
     }
     Ok(Body::Raw {
         output: RawTensor {
             shape: output.shape,
-            data: output.data,
+            dtype: output.elements.dtype(),
+            data: output.elements,
         },
     })
-}
-
-fn batch(predictions: Vec<Vec<Prediction>>) -> Body {
-    Body::Batch {
-        results: predictions
-            .into_iter()
-            .map(|predictions| BatchResult { predictions })
-            .collect(),
-    }
 }
 
 /// The name of the only model under `root`, if there is exactly one.

@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let (source, request) = events::parse(event, &limits);
     let result = match request {
-        Ok(_) => Err(Error::Inference("stand-in for the model's answer".into())),
+        Ok(_) => Err(Error::inference("fuzz", "stand-in for the model's answer")),
         Err(err) => Err(err),
     };
     let reply = Outcome { source, result }.reply();

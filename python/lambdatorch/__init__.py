@@ -19,12 +19,14 @@ from ._libtorch import LIBTORCH_VERSION, import_core
 from .errors import (
     ImageTooLarge,
     InferenceError,
+    InternalError,
     InvalidImage,
     InvalidInput,
     LambdaTorchError,
     LibTorchError,
     ManifestError,
     ModelNotFound,
+    PayloadTooLarge,
 )
 
 if TYPE_CHECKING:
@@ -37,6 +39,7 @@ __all__ = [
     "LIBTORCH_VERSION",
     "ImageTooLarge",
     "InferenceError",
+    "InternalError",
     "InvalidImage",
     "InvalidInput",
     "LambdaTorchError",
@@ -44,6 +47,7 @@ __all__ = [
     "ManifestError",
     "Model",
     "ModelNotFound",
+    "PayloadTooLarge",
     "Prediction",
     "__version__",
     "export",

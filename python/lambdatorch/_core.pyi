@@ -58,8 +58,14 @@ class Model:
     def preprocess(self, image: _ImageLike) -> npt.NDArray[np.float32]:
         """The model's input tensor for one image: float32, NCHW, batch 1."""
 
-    def forward(self, array: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Run the model on a float32 array; returns its raw output as float32."""
+    def forward(self, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """Run the model on an array of its input dtype; returns its first output, raw.
+
+        Image models take float32 NCHW arrays; tensor models the manifest's ``input.dtype``
+        (``float32``, ``float64``, ``float16``, ``int64``, ``int32``, ``uint8``, ``bool``; a
+        ``bfloat16`` model takes and returns float32, since numpy has no bfloat16). The output
+        keeps the model's own dtype.
+        """
 
 def load(path: str | PathLike[str]) -> Model:
     """Load the model at a directory or manifest path; cached per process."""
@@ -67,11 +73,12 @@ def load(path: str | PathLike[str]) -> Model:
 def valid_model_name(name: str) -> bool:
     """Whether ``name`` is a valid model name: 1 to 64 of ``[A-Za-z0-9._-]``, alphanumeric first."""
 
-def handle(event: dict[str, Any]) -> dict[str, Any]:
+def handle(event: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
     """Run one Lambda event through the service core, configured from the environment.
 
     HTTP-style events (API Gateway v1/v2, Function URLs, ALB) always get a proxy response dict;
-    direct invokes return the response dict or raise the error (``InvalidImage``, ...).
+    direct invokes return the response dict or raise the error (``InvalidImage``, ...). Each
+    event is logged as one JSON line on stderr, with ``request_id``, as the native handler does.
     """
 
 def preload() -> None:

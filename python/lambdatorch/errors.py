@@ -8,12 +8,14 @@ core raises these classes by name; the handlers report the same names as the Lam
 __all__ = [
     "ImageTooLarge",
     "InferenceError",
+    "InternalError",
     "InvalidImage",
     "InvalidInput",
     "LambdaTorchError",
     "LibTorchError",
     "ManifestError",
     "ModelNotFound",
+    "PayloadTooLarge",
 ]
 
 
@@ -30,7 +32,11 @@ class InvalidImage(InvalidInput):
 
 
 class ImageTooLarge(InvalidInput):
-    """An image or payload over a configured limit, refused before decoding (HTTP 413)."""
+    """An image over the pixel limit, refused from its header before decoding (HTTP 413)."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """A request body, tensor or text over its configured limit, refused before use (HTTP 413)."""
 
 
 class ModelNotFound(LambdaTorchError, LookupError):
@@ -46,4 +52,8 @@ class LibTorchError(LambdaTorchError, ImportError):
 
 
 class InferenceError(LambdaTorchError):
-    """The model failed to run on input that passed validation."""
+    """The model failed to run on input that passed validation (HTTP 500)."""
+
+
+class InternalError(LambdaTorchError):
+    """A bug in lambdatorch, never the caller's or the model's fault (HTTP 500)."""

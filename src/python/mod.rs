@@ -9,11 +9,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use half::{bf16, f16};
 use ndarray::{Array, Axis, IxDyn};
 use numpy::{
-    IntoPyArray, PyArray4, PyArrayDescrMethods, PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArray,
+    Element, IntoPyArray, PyArray4, PyArrayDescrMethods, PyReadonlyArrayDyn, PyUntypedArray,
     PyUntypedArrayMethods,
 };
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::sync::PyOnceLock;
@@ -22,20 +24,28 @@ use pyo3::types::PyType;
 use crate::error::{contain, Error, ErrorKind};
 use crate::events;
 use crate::image::ImageSource;
-use crate::model::{Model, Prediction, TensorData, LIBTORCH_VERSION};
+use crate::model::{Model, LIBTORCH_VERSION};
+use crate::output::Prediction;
 use crate::registry::Registry;
 use crate::service::Service;
+use crate::tensor::{DType, Elements, TensorData};
 
 impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {
         Python::attach(|py| match exception_class(py, err.kind()) {
             Ok(class) => PyErr::from_type(class, err.to_string()),
-            Err(lookup) => lookup,
+            // The original error must survive a broken `lambdatorch.errors`: raised as a
+            // RuntimeError that names its type, with the failed lookup as its cause.
+            Err(lookup) => {
+                let raised = PyRuntimeError::new_err(format!("{}: {err}", err.kind().name()));
+                raised.set_cause(py, Some(lookup));
+                raised
+            }
         })
     }
 }
 
-/// Runs `work` without the GIL; a panic in it becomes an `InferenceError` (PyO3 would raise
+/// Runs `work` without the GIL; a panic in it becomes an `InternalError` (PyO3 would raise
 /// `PanicException`, which is no `LambdaTorchError` and not even an `Exception`).
 fn detached<T: Send>(
     py: Python<'_>,
@@ -167,7 +177,7 @@ impl PyModel {
     #[getter]
     fn manifest<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let text = serde_json::to_string(self.inner.manifest())
-            .map_err(|err| Error::Inference(format!("internal: manifest to JSON: {err}")))?;
+            .map_err(|err| Error::internal("manifest to JSON", err))?;
         py.import("json")?.call_method1("loads", (text,))
     }
 
@@ -215,37 +225,58 @@ impl PyModel {
         let source = arg.source()?;
         let model = &self.inner;
         let (tensor, _) = detached(py, || model.preprocess(&[source]))?;
-        let [n, c, h, w] = tensor.shape[..] else {
-            return Err(
-                Error::Inference("internal: preprocess returned a non-4-D tensor".into()).into(),
-            );
+        let (&[n, c, h, w], Elements::Float32(data)) = (&tensor.shape[..], tensor.elements) else {
+            return Err(Error::internal("preprocess", "not a 4-D float32 tensor").into());
         };
-        let array = Array::from_shape_vec((n, c, h, w), tensor.data)
-            .map_err(|err| Error::Inference(format!("internal: {err}")))?;
+        let array = Array::from_shape_vec((n, c, h, w), data)
+            .map_err(|err| Error::internal("preprocess", err))?;
         Ok(array.into_pyarray(py))
     }
 
+    /// Runs the model on an array of its input dtype; returns the output in its own dtype.
     fn forward<'py>(
         &self,
         py: Python<'py>,
         array: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-        let array: PyReadonlyArrayDyn<'py, f32> = array.extract().map_err(|_| {
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let model = &self.inner;
+        let dtype = model.input().dtype();
+        let wrong = || {
             Error::invalid_input(format!(
-                "forward takes a float32 numpy array, got {}",
+                "model {:?}: forward takes a {} numpy array{}, got {}",
+                model.name(),
+                numpy_name(dtype),
+                if dtype == DType::Bfloat16 {
+                    " (the model's bfloat16, which numpy lacks)"
+                } else {
+                    ""
+                },
                 describe_array(array)
             ))
-        })?;
-        let view = array.as_array();
-        let model = &self.inner;
-        model.check_tensor(view.shape())?;
-        let output = detached(py, || {
-            let input = TensorData::new(view.shape().to_vec(), view.iter().copied().collect())?;
-            model.forward(&input)
-        })?;
-        let array = Array::from_shape_vec(IxDyn(&output.shape), output.data)
-            .map_err(|err| Error::Inference(format!("internal: {err}")))?;
-        Ok(array.into_pyarray(py))
+        };
+        let untyped = array.cast::<PyUntypedArray>().map_err(|_| wrong())?;
+        // Shape and size are checked before anything is copied.
+        model.check_shape(untyped.shape())?;
+        let shape = untyped.shape().to_vec();
+        let elements = match dtype {
+            DType::Float32 => Elements::Float32(copy_array(array).ok_or_else(wrong)?),
+            DType::Float64 => Elements::Float64(copy_array(array).ok_or_else(wrong)?),
+            DType::Float16 => Elements::Float16(copy_array(array).ok_or_else(wrong)?),
+            DType::Bfloat16 => Elements::Bfloat16(
+                copy_array::<f32>(array)
+                    .ok_or_else(wrong)?
+                    .into_iter()
+                    .map(bf16::from_f32)
+                    .collect(),
+            ),
+            DType::Int64 => Elements::Int64(copy_array(array).ok_or_else(wrong)?),
+            DType::Int32 => Elements::Int32(copy_array(array).ok_or_else(wrong)?),
+            DType::Uint8 => Elements::Uint8(copy_array(array).ok_or_else(wrong)?),
+            DType::Bool => Elements::Bool(copy_array(array).ok_or_else(wrong)?),
+        };
+        let input = TensorData::new(shape, elements)?;
+        let output = detached(py, || model.forward(&input))?;
+        to_numpy(py, output)
     }
 
     fn __repr__(&self) -> String {
@@ -269,6 +300,44 @@ fn int_arg(name: &str, value: Option<&Bound<'_, PyAny>>) -> Result<Option<i64>, 
         .transpose()
 }
 
+/// The elements of `array` if its dtype is `T`'s, copied in C order.
+fn copy_array<T: Element + Copy>(array: &Bound<'_, PyAny>) -> Option<Vec<T>> {
+    let array: PyReadonlyArrayDyn<'_, T> = array.extract().ok()?;
+    Some(array.as_array().iter().copied().collect())
+}
+
+/// The numpy dtype that carries `dtype` in the Python API.
+fn numpy_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::Bfloat16 => "float32",
+        other => other.name(),
+    }
+}
+
+/// A tensor as a numpy array of its dtype (bfloat16 as float32, which holds it exactly).
+fn to_numpy(py: Python<'_>, tensor: TensorData) -> PyResult<Bound<'_, PyAny>> {
+    fn array<'py, T: Element>(
+        py: Python<'py>,
+        shape: &[usize],
+        data: Vec<T>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let array = Array::from_shape_vec(IxDyn(shape), data)
+            .map_err(|err| Error::internal("output to numpy", err))?;
+        Ok(array.into_pyarray(py).into_any())
+    }
+    let shape = &tensor.shape;
+    match tensor.elements {
+        Elements::Float32(v) => array(py, shape, v),
+        Elements::Float64(v) => array(py, shape, v),
+        Elements::Float16(v) => array::<f16>(py, shape, v),
+        Elements::Bfloat16(v) => array(py, shape, v.into_iter().map(f32::from).collect()),
+        Elements::Int64(v) => array(py, shape, v),
+        Elements::Int32(v) => array(py, shape, v),
+        Elements::Uint8(v) => array(py, shape, v),
+        Elements::Bool(v) => array(py, shape, v),
+    }
+}
+
 fn describe_array(obj: &Bound<'_, PyAny>) -> String {
     match obj.cast::<PyUntypedArray>() {
         Ok(array) => format!("an array of dtype {}", array.dtype()),
@@ -290,25 +359,24 @@ fn load(py: Python<'_>, path: PathBuf) -> PyResult<PyModel> {
 ///
 /// HTTP-style events always get a proxy response dict; direct invokes return the response dict
 /// or raise the error, which the Python runtime reports with the class name as `errorType`.
+///
+/// `request_id` (the Lambda context's `aws_request_id`) goes into the request's log line, which
+/// has the same fields as the native handler's.
 #[pyfunction]
-fn handle<'py>(py: Python<'py>, event: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+#[pyo3(signature = (event, request_id=None))]
+fn handle<'py>(
+    py: Python<'py>,
+    event: &Bound<'py, PyAny>,
+    request_id: Option<String>,
+) -> PyResult<Bound<'py, PyAny>> {
     let event: serde_json::Value = pythonize::depythonize(event)
         .map_err(|err| Error::invalid_input(format!("the event is not JSON-like data: {err}")))?;
+    let request_id = request_id.unwrap_or_default();
     let reply = detached(py, || {
-        let outcome = events::handle(Service::global()?, event);
-        // HTTP callers get a path-free message that points to the logs: this is that log line
-        // (direct invokes raise, and the Python runtime logs the exception itself).
-        if let (Err(err), true) = (&outcome.result, outcome.source.is_http()) {
-            let line = serde_json::json!({
-                "level": "WARN", "message": "request failed", "source": outcome.source.name(),
-                "error_type": err.kind().name(), "error": err.to_string(),
-            });
-            eprintln!("{line}");
-        }
-        outcome.reply()
+        events::handle(Service::global()?, event, &request_id).reply()
     })?;
     pythonize::pythonize(py, &reply)
-        .map_err(|err| Error::Inference(format!("internal: response to Python: {err}")).into())
+        .map_err(|err| Error::internal("response to Python", err).into())
 }
 
 /// Loads the models of `LAMBDATORCH_PRELOAD` (the Python handler calls it during init).
@@ -318,7 +386,7 @@ fn preload(py: Python<'_>) -> PyResult<()> {
 }
 
 /// Panics inside the binding boundary, as a bug would: lets tests check that a panic surfaces as
-/// `InferenceError` and leaves the process and its models usable.
+/// `InternalError` and leaves the process and its models usable.
 #[pyfunction]
 fn _panic_for_tests(py: Python<'_>, message: String) -> PyResult<()> {
     detached(py, move || -> Result<(), Error> { panic!("{message}") })
@@ -334,6 +402,7 @@ fn valid_model_name(name: &str) -> bool {
 #[pymodule]
 #[pyo3(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    crate::logging::init();
     m.add_class::<PyModel>()?;
     m.add_class::<PyPrediction>()?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
