@@ -244,11 +244,63 @@ def write_png16(path: Path, rgb16: np.ndarray) -> None:
     path.write_bytes(png + chunk(b"IEND", b""))
 
 
+class Elementwise(torch.nn.Module):
+    """``x -> op(x)``: a model whose input and output dtypes are the point of the test."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op = op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.op == "affine":  # int64 in, int64 out: exact beyond 2**24 (and 2**53)
+            return x * 2 + 1
+        if self.op == "not":  # bool in, bool out
+            return torch.logical_not(x)
+        if self.op == "widen":  # uint8 in, int32 out
+            return x.to(torch.int32) * 3
+        return x * 2 + 0.5  # floats keep their dtype
+
+
+#: Tensor models of every dtype the manifest allows: name -> (dtype, op).
+DTYPE_MODELS = {
+    "dtype-int64": ("int64", "affine"),
+    "dtype-bool": ("bool", "not"),
+    "dtype-uint8": ("uint8", "widen"),
+    "dtype-float16": ("float16", "float"),
+    "dtype-bfloat16": ("bfloat16", "float"),
+    "dtype-float64": ("float64", "float"),
+}
+
+
+def make_dtype_models(root: Path) -> None:
+    """One tiny elementwise model per tensor dtype, and a tensor classifier."""
+    for name, (dtype, op) in DTYPE_MODELS.items():
+        example = torch.zeros(2, 4, dtype=getattr(torch, dtype))
+        write_model(
+            root,
+            name,
+            Elementwise(op),
+            example,
+            {"input": {"type": "tensor", "shape": [-1, 4], "dtype": dtype}},
+        )
+    write_model(
+        root,
+        "tensor-classifier",
+        torch.nn.Linear(4, 3),
+        torch.zeros(2, 4),
+        {
+            "input": {"type": "tensor", "shape": [-1, 4]},
+            "output": {"type": "classification", "labels": ["low", "mid", "high"], "top_k": 2},
+        },
+    )
+
+
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "target/fixtures")
     if out.exists():
         shutil.rmtree(out)
     make_models(out / "models")
+    make_dtype_models(out / "models")
     make_images(out / "images")
     print(f"fixtures written to {out}")
 

@@ -166,7 +166,7 @@ def test_forward_takes_strided_views(lt):
 @pytest.mark.parametrize(
     ("variable", "value", "call", "error", "message"),
     [
-        ("LAMBDATORCH_MAX_TENSOR_ELEMENTS", "10", "forward", "ImageTooLarge", "12 elements"),
+        ("LAMBDATORCH_MAX_TENSOR_ELEMENTS", "10", "forward", "PayloadTooLarge", "count is 12"),
         ("LAMBDATORCH_MAX_BATCH", "2", "batch", "InvalidInput", "LAMBDATORCH_MAX_BATCH"),
         ("LAMBDATORCH_MAX_TOP_K", "2", "top_k", "InvalidInput", "LAMBDATORCH_MAX_TOP_K"),
     ],
@@ -198,13 +198,13 @@ def test_bad_limit_values_are_refused(lt, tmp_path, monkeypatch, value):
         lt.load(model_dir(tmp_path, "tensor"))
 
 
-def test_panics_become_inference_errors(lt, healthy):
-    """A panic (a bug) inside the extension raises InferenceError, not PyO3's PanicException
-    (a BaseException), and leaves the process and the model working (``healthy`` checks)."""
+def test_panics_become_internal_errors(lt, healthy):
+    """A panic (a bug) inside the extension raises InternalError (never blamed on the model), not
+    PyO3's PanicException (a BaseException), and leaves the process and the model working."""
     from lambdatorch._libtorch import import_core
 
     for _ in range(3):
-        with pytest.raises(lt.InferenceError, match=r"internal error.*boom"):
+        with pytest.raises(lt.InternalError, match=r"internal error.*boom"):
             import_core()._panic_for_tests("boom")
 
 
@@ -217,7 +217,9 @@ def test_model_kinds_are_checked(lt):
 def test_pixel_limit_is_checked_from_the_header(lt, tmp_path, monkeypatch):
     monkeypatch.setenv("LAMBDATORCH_MAX_IMAGE_PIXELS", "10000")
     model = lt.load(model_dir(tmp_path))
-    with pytest.raises(lt.ImageTooLarge, match="451x300") as info:
+    with pytest.raises(
+        lt.ImageTooLarge, match="451x300 = 135300 pixels, over the limit of 10000"
+    ) as info:
         model.predict(image_bytes("chelsea.jpg"))
     assert isinstance(info.value, lt.InvalidInput)
     assert "LAMBDATORCH_MAX_IMAGE_PIXELS" in str(info.value)

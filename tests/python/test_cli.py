@@ -387,7 +387,8 @@ def test_add_model_failure_is_one_line(tmp_path):
         "--root", tmp_path,
     )  # fmt: skip
     assert out.returncode == 1
-    assert out.stderr.startswith("lambdatorch add-model: InferenceError: warmup of model")
+    assert out.stderr.startswith("lambdatorch add-model: InferenceError: model ")
+    assert ": warmup on zeros of shape [1, 4] failed: " in out.stderr
     assert out.stderr.count("\n") == 1
     assert "Expected 4-dimensional input" in out.stderr  # the actual error, from the last line
     assert list((tmp_path / "models").iterdir()) == []

@@ -355,7 +355,7 @@ BAD_HTTP = [
     ("symlink-out", image_bytes("chelsea.jpg"), {"model": "escape"}, 404, "ModelNotFound"),
     ("top-k-word", image_bytes("chelsea.jpg"), {"top_k": "many"}, 400, "InvalidInput"),
     ("top-k-zero", image_bytes("chelsea.jpg"), {"top_k": "0"}, 400, "InvalidInput"),
-    ("too-large", b"\xff" * (PAYLOAD_LIMIT + 1), {}, 413, "ImageTooLarge"),
+    ("too-large", b"\xff" * (PAYLOAD_LIMIT + 1), {}, 413, "PayloadTooLarge"),
     ("png-bomb", bomb("png"), {}, 413, "ImageTooLarge"),
     ("jpeg-bomb", bomb("jpeg"), {}, 413, "ImageTooLarge"),
     ("gif-bomb", bomb("gif"), {}, 413, "ImageTooLarge"),
@@ -457,7 +457,7 @@ BAD_JSON = [
     (
         "tensor-over-element-limit",
         {"model": "tensor", "tensor": {"shape": [251, 4], "data": [0] * 1004}},
-        "ImageTooLarge",
+        "PayloadTooLarge",
     ),
     (
         "tensor-to-image-model",
