@@ -55,10 +55,14 @@ $(VENV)/.lambdatorch: dist/.wheel
 	$(PY) -m pip install --quiet --no-deps --force-reinstall dist/lambdatorch-*.whl
 	touch $@
 
-# The native handler: `bootstrap` (crate bootstrap/, links no libtorch) and `lambdatorch-handler`.
+# The native handler: `bootstrap` (crate bootstrap/, links no libtorch) and `lambdatorch-handler`,
+# release builds (sharing target/release's dependencies with the wheel and the tests) copied to
+# target/lambda/, where packaging, tests and the benchmark take them.
 lambda: target/lambda/.built
 target/lambda/.built: $(VENV)/.setup $(RUST_SOURCES) libtorch-version bootstrap/Cargo.toml $(wildcard bootstrap/src/*.rs)
-	cargo build --profile lambda --bins -p lambdatorch-bootstrap -p lambdatorch --features lambdatorch/lambda
+	cargo build --release --bins -p lambdatorch-bootstrap -p lambdatorch --features lambdatorch/lambda
+	mkdir -p target/lambda
+	cp target/release/bootstrap target/release/lambdatorch-handler target/lambda/
 	touch $@
 
 lambda-zip: dist/bootstrap.zip

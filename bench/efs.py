@@ -47,6 +47,8 @@ from typing import Any
 MIB = 2**20
 #: Failed lookups kept by name in the statistics (the count is always complete).
 FAILED_KEPT = 400
+#: Metadata operations kept, in order, in the trace beside the statistics (``STATS.trace``).
+TRACE_KEPT = 100_000
 
 
 @dataclass(frozen=True)
@@ -119,14 +121,18 @@ def make_operations(source: Path, settings: Settings) -> Any:
             self._read_s = settings.read_ms / 1e3
             self._stats: Counter[str] = Counter()
             self._failed: list[str] = []
+            self._trace: list[str] = []
             self._mutex = threading.Lock()
 
         def _count(self, key: str, amount: int = 1) -> None:
             with self._mutex:
                 self._stats[key] += amount
 
-        def _metadata(self, kind: str) -> None:
-            self._count(kind)
+        def _metadata(self, kind: str, path: str) -> None:
+            with self._mutex:
+                self._stats[kind] += 1
+                if len(self._trace) < TRACE_KEPT:
+                    self._trace.append(f"{kind} {path}")
             sleep_until(time.perf_counter() + self._op_s)
 
         def init_with_config(self, conn: Any, config: Any) -> None:
@@ -141,7 +147,7 @@ def make_operations(source: Path, settings: Settings) -> Any:
                 config.negative_timeout = settings.cache_s
 
         def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
-            self._metadata("getattr")
+            self._metadata("getattr", path)
             try:
                 st = os.stat(self._root + path)  # links followed
             except OSError as err:
@@ -159,11 +165,11 @@ def make_operations(source: Path, settings: Settings) -> Any:
             return attrs
 
         def readdir(self, path: str, fh: int) -> list[str]:
-            self._metadata("readdir")
+            self._metadata("readdir", path)
             return [".", "..", *os.listdir(self._root + path)]
 
         def open(self, path: str, flags: int) -> int:
-            self._metadata("open")
+            self._metadata("open", path)
             if flags & (os.O_WRONLY | os.O_RDWR):
                 raise mfusepy.FuseOSError(errno.EROFS)
             return os.open(self._root + path, os.O_RDONLY)
@@ -183,7 +189,7 @@ def make_operations(source: Path, settings: Settings) -> Any:
             return 0
 
         def statfs(self, path: str) -> dict[str, int]:
-            self._metadata("statfs")
+            self._metadata("statfs", path)
             st = os.statvfs(self._root + path)
             names = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files")
             return {name: getattr(st, name) for name in names} | {"f_namemax": 255}
@@ -203,6 +209,7 @@ def make_operations(source: Path, settings: Settings) -> Any:
                 "reads": stats.get("reads", 0),
                 "bytes": stats.get("bytes", 0),
                 "read_sizes_kib": {int(k[9:]): v for k, v in sorted(sizes.items())},
+                "trace": list(self._trace),
             }
 
     return EFS()
@@ -222,7 +229,9 @@ def serve(source: Path, mountpoint: Path, settings: Settings, stats: Path | None
         max_read=settings.read_kib * 1024,
     )
     if stats is not None:
-        stats.write_text(json.dumps(operations.report(), indent=1) + "\n")
+        report = operations.report()
+        stats.with_suffix(".trace").write_text("\n".join(report.pop("trace")) + "\n")
+        stats.write_text(json.dumps(report, indent=1) + "\n")
 
 
 # --- mounting from the benchmark ----------------------------------------------------------------

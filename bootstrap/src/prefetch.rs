@@ -10,6 +10,7 @@
 //! bytes arriving, or there. Prefetching only changes when bytes arrive: every failure is
 //! ignored. The same steps as `python/lambdatorch/_prefetch.py`, for the Python handler.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
@@ -147,9 +148,8 @@ pub fn preloaded_model_files() -> Vec<PathBuf> {
         .collect()
 }
 
-/// Asks the kernel to read `ranges` of `path` (all of it if `None`) into the page cache.
-pub fn prefetch(path: &Path, ranges: Option<&Ranges>) {
-    let Ok(file) = File::open(path) else { return };
+/// Asks the kernel to read `ranges` of `file` (all of it if `None`) into the page cache.
+pub fn prefetch(file: &File, ranges: Option<&Ranges>) {
     let whole;
     let ranges = match ranges {
         Some(ranges) => ranges,
@@ -192,8 +192,18 @@ pub fn start_detached(steps: Vec<Step>) {
         let middle = libc::fork();
         if middle == 0 {
             if libc::fork() == 0 {
+                // Each file opened once: on EFS an open is a round trip too.
+                let mut opened: HashMap<&Path, File> = HashMap::new();
                 for step in &steps {
-                    prefetch(&step.path, step.ranges.as_ref());
+                    if !opened.contains_key(step.path.as_path()) {
+                        let Ok(file) = File::open(&step.path) else {
+                            continue;
+                        };
+                        opened.insert(&step.path, file);
+                    }
+                    if let Some(file) = opened.get(step.path.as_path()) {
+                        prefetch(file, step.ranges.as_ref());
+                    }
                 }
             }
             libc::_exit(0);

@@ -89,13 +89,18 @@ def prefetch(path: Path, ranges: Iterable[tuple[int, int]] | None = None) -> Non
     except OSError:
         return
     try:
+        _advise(fd, ranges)
+    finally:
+        os.close(fd)
+
+
+def _advise(fd: int, ranges: Iterable[tuple[int, int]] | None) -> None:
+    try:
         for offset, size in ranges if ranges is not None else ((0, os.fstat(fd).st_size),):
             for start in range(offset, offset + size, _CHUNK):
                 os.posix_fadvise(fd, start, _CHUNK, os.POSIX_FADV_WILLNEED)
     except OSError:
         pass
-    finally:
-        os.close(fd)
 
 
 def plan(lib_dir: Path, libraries: Mapping[Path, Ranges]) -> list[tuple[str, Ranges | None]]:
@@ -209,8 +214,14 @@ def _worker(steps: list[tuple[str, list[list[int]] | None]]) -> None:
     # Detached, so that nobody has to wait for it: its parent exits now, init reaps it later.
     if os.fork() > 0:
         os._exit(0)
+    opened: dict[str, int] = {}  # each file opened once: on EFS an open is a round trip too
     for path, ranges in steps:
-        prefetch(Path(path), None if ranges is None else [(o, n) for o, n in ranges])
+        if path not in opened:
+            try:
+                opened[path] = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+        _advise(opened[path], None if ranges is None else [(o, n) for o, n in ranges])
     os._exit(0)
 
 
