@@ -70,15 +70,18 @@ dist/bootstrap.zip: target/lambda/.built scripts/package_lambda.py
 	$(PY) scripts/package_lambda.py target/lambda $@
 
 fixtures: $(FIXTURES)/.done
-$(FIXTURES)/.done: scripts/make_fixtures.py $(VENV)/.setup
+$(FIXTURES)/.done: scripts/make_fixtures.py python/lambdatorch/_manifests.py $(VENV)/.setup
 	$(PY) scripts/make_fixtures.py $(FIXTURES)
 	touch $@
 
 # --- tests ---------------------------------------------------------------------------------
 test: test-rust test-python
 
+# Unit tests, and the integration tests in tests/*.rs on the fixtures, with the native handler's
+# feature on (the Python binding's tests are pytest's: tests/python/).
 test-rust: $(VENV)/.setup $(FIXTURES)/.done
-	LD_LIBRARY_PATH=$(TORCH_LIB) LAMBDATORCH_FIXTURES=$(CURDIR)/$(FIXTURES) cargo test --release
+	LD_LIBRARY_PATH=$(TORCH_LIB) LAMBDATORCH_FIXTURES=$(CURDIR)/$(FIXTURES) \
+	  cargo test --release --workspace --features lambdatorch/lambda
 
 test-python: $(VENV)/.lambdatorch $(FIXTURES)/.done dist/bootstrap.zip
 	LAMBDATORCH_FIXTURES=$(CURDIR)/$(FIXTURES) $(PY) -m pytest -q

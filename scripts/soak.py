@@ -130,7 +130,7 @@ def python_api(count: int, models: Path) -> bool:
 
 def native_handler(count: int, models: Path) -> bool:
     from fixture_data import bomb, image_bytes
-    from test_handlers import NativeHandler, http_event
+    from handler_harness import NativeHandler, http_event
 
     b64 = base64.b64encode(image_bytes("chelsea.jpg")).decode()
     events: list[tuple[dict[str, Any], str]] = [

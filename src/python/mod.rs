@@ -243,7 +243,7 @@ impl PyModel {
         let dtype = model.input().dtype();
         let wrong = || {
             Error::invalid_input(format!(
-                "model {:?}: forward takes a {} numpy array{}, got {}",
+                "model {:?}: forward takes a numpy array of dtype {}{}, got {}",
                 model.name(),
                 numpy_name(dtype),
                 if dtype == DType::Bfloat16 {

@@ -16,84 +16,24 @@ import copy
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import sysconfig
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import MODELS, REPO, bomb, image_bytes
+from handler_harness import (
+    LAMBDA_BIN,
+    SITE,
+    SOURCES,
+    TIMEOUT,
+    NativeHandler,
+    http_event,
+)
 
-SITE = Path(sysconfig.get_paths()["purelib"])
-LAMBDA_BIN = REPO / "target" / "lambda"
 PAYLOAD_LIMIT = 1_000_000
 TENSOR_LIMIT = 1000
-TIMEOUT = 60
-
-
-def crate_dir(name: str) -> Path:
-    out = subprocess.run(
-        ["cargo", "metadata", "--format-version", "1"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    package = next(p for p in json.loads(out.stdout)["packages"] if p["name"] == name)
-    return Path(package["manifest_path"]).parent
-
-
-SAMPLES = crate_dir("aws_lambda_events") / "src" / "fixtures"
-SAMPLE_FILES = {
-    "apigw-v1": "example-apigw-request.json",
-    "apigw-v2": "example-apigw-v2-request-no-authorizer.json",
-    "function-url": "example-apigw-v2-request-no-authorizer.json",
-    "alb": "example-alb-lambda-target-request-headers-only.json",
-    "alb-multi": "example-alb-lambda-target-request-multivalue-headers.json",
-}
-SOURCES = list(SAMPLE_FILES)
-
-
-def http_event(
-    source: str,
-    body: bytes,
-    content_type: str = "image/jpeg",
-    query: dict[str, str] | None = None,
-    path: str = "/predict",
-) -> dict[str, Any]:
-    """The real sample event of ``source`` carrying ``body`` (base64, as AWS sends it)."""
-    event = json.loads((SAMPLES / SAMPLE_FILES[source]).read_text())
-    query = query or {}
-    event["body"] = base64.b64encode(body).decode()
-    event["isBase64Encoded"] = True
-    if source.startswith("apigw-v2") or source == "function-url":
-        event["headers"] = {"content-type": content_type}
-        event["rawPath"] = path
-        event["rawQueryString"] = "&".join(f"{k}={v}" for k, v in query.items())
-        event["queryStringParameters"] = query
-        event["requestContext"]["http"]["path"] = path
-        if source == "function-url":
-            event["requestContext"]["domainName"] = "abcdefg.lambda-url.us-east-1.on.aws"
-    elif source == "alb-multi":
-        event["multiValueHeaders"] = {"content-type": [content_type]}
-        event["multiValueQueryStringParameters"] = {k: [v] for k, v in query.items()}
-        event["path"] = path
-    elif source == "alb":
-        event["headers"] = {"content-type": content_type}
-        event["queryStringParameters"] = query
-        event["path"] = path
-    else:  # API Gateway v1 sends null, not {}, when there is no query string
-        event["headers"] = {"Content-Type": content_type}
-        event["multiValueHeaders"] = {"Content-Type": [content_type]}
-        event["queryStringParameters"] = query or None
-        event["multiValueQueryStringParameters"] = {k: [v] for k, v in query.items()} or None
-        event["path"] = path
-    return event
 
 
 @pytest.fixture(scope="module")
@@ -133,12 +73,13 @@ def handler_env(models_root: Path) -> dict[str, str]:
 
 
 PYTHON_DRIVER = """
-import json, sys
+import json, sys, types
 from lambdatorch.handler import lambda_handler
 import lambdatorch
-for line in sys.stdin:
+for n, line in enumerate(sys.stdin):
+    context = types.SimpleNamespace(aws_request_id=f"python-{n}")
     try:
-        reply = lambda_handler(json.loads(line), None)
+        reply = lambda_handler(json.loads(line), context)
     except lambdatorch.LambdaTorchError as err:
         reply = {"errorType": type(err).__name__, "errorMessage": str(err)}
     print(json.dumps(reply), flush=True)
@@ -174,91 +115,6 @@ class PythonHandler:
         self.process.wait(timeout=TIMEOUT)
         if self.process.stdout:
             self.process.stdout.close()
-        self.log.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class NativeHandler:
-    """``bootstrap`` under cargo-lambda's Runtime API emulator, invoked over HTTP."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.log_path = log
-        self.log = log.open("w")
-        self.emulator = subprocess.Popen(
-            [
-                "cargo",
-                "lambda",
-                "watch",
-                "--only-lambda-apis",
-                "-A",
-                "127.0.0.1",
-                "-P",
-                str(self.port),
-            ],
-            cwd=REPO,
-            # cargo-lambda is installed in the venv, beside this interpreter.
-            env={
-                **os.environ,
-                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            },
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.wait_for_port()
-        self.runtime = subprocess.Popen(
-            [str(LAMBDA_BIN / "bootstrap")],
-            env={
-                **env,
-                "AWS_LAMBDA_RUNTIME_API": f"http://127.0.0.1:{self.port}/.rt",
-                "AWS_LAMBDA_FUNCTION_NAME": "_",
-                "AWS_LAMBDA_FUNCTION_VERSION": "1",
-                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048",
-                "AWS_LAMBDA_LOG_STREAM_NAME": "test",
-                "AWS_LAMBDA_LOG_GROUP_NAME": "test",
-                "LAMBDATORCH_LIBTORCH": str(SITE / "torch" / "lib"),
-            },
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_for_port(self) -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
-            assert self.emulator.poll() is None, "the emulator exited"
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise TimeoutError("the Runtime API emulator did not start")
-
-    def __call__(self, event: dict[str, Any]) -> dict[str, Any]:
-        assert self.runtime.poll() is None, "the native handler exited"
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/2015-03-31/functions/_/invocations",
-            data=json.dumps(event).encode(),
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as err:  # function errors: {"errorType", "errorMessage"}
-            with err:
-                return json.loads(err.read())
-
-    def close(self) -> None:
-        for process in (self.runtime, self.emulator):
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
         self.log.close()
 
 
@@ -546,6 +402,28 @@ def test_http_errors_are_logged_with_the_details(handlers):
         assert "unrecognized image format" in failures[-1]["error"]
 
 
+def test_both_handlers_log_each_request_alike(handlers):
+    """One JSON line per request from the shared core: same fields, same levels, request id."""
+    both(handlers, {"image": base64.b64encode(image_bytes("chelsea.jpg")).decode()})
+    assert both(handlers, {"model": "nope", "image": "AAAA"})["errorType"] == "ModelNotFound"
+    lines = {}
+    for handler in ("python", "native"):
+        log = [json.loads(line) for line in handlers[handler].log_path.read_text().splitlines()
+               if line.startswith("{") and '"request_id"' in line]  # fmt: skip
+        answered = [e for e in log if e.get("message") == "request"]
+        failed = [e for e in log if e.get("message") == "request failed"]
+        assert answered and failed, f"{handler} logged {log[-3:]}"
+        assert all(e["request_id"] for e in answered + failed), handler
+        lines[handler] = (answered[-1], failed[-1])
+    for i in range(2):
+        python, native = lines["python"][i], lines["native"][i]
+        assert set(python) == set(native)
+        assert python["level"] == native["level"]
+    assert lines["python"][0]["level"] == "INFO"
+    assert lines["python"][1]["level"] == "WARN"
+    assert lines["python"][1]["error_type"] == "ModelNotFound"
+
+
 def test_bad_json_over_http_is_400(handlers):
     event = http_event("apigw-v2", b'{"image": [1, 2]}', "application/json")
     reply = both(handlers, event)
@@ -592,5 +470,5 @@ def test_both_handlers_preload_during_init(models_root):
         timeout=TIMEOUT,
     )
     assert native.returncode != 0
-    failure = next(json.loads(line) for line in native.stdout.splitlines() if "preload" in line)
+    failure = next(json.loads(line) for line in native.stderr.splitlines() if "preload" in line)
     assert failure["error_type"] == "ModelNotFound" and "nope" in failure["error"]

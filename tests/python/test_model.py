@@ -165,3 +165,42 @@ def test_warmup_off_and_fixed_threads_load(lt, tmp_path):
     model = lt.load(model_dir(tmp_path, warmup=False, threads=1))
     assert model.manifest["threads"] == 1
     assert len(model.predict(image_bytes("chelsea.jpg"))) == 3
+
+
+# Each dtype model's numpy input, and what the reference torch module returns for it.
+DTYPE_INPUTS = {
+    "dtype-int64": np.array([[2**53 + 1, -3, 0, 2**40]], np.int64),
+    "dtype-bool": np.array([[True, False, False, True]]),
+    "dtype-uint8": np.array([[0, 1, 255, 7]], np.uint8),
+    "dtype-float16": np.array([[0.1, 1, -2, 65000]], np.float16),
+    "dtype-float64": np.array([[0.1, 1, -2, 1e300]], np.float64),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DTYPE_INPUTS))
+def test_forward_keeps_dtypes_in_and_out(lt, name):
+    """numpy dtype in, numpy dtype out, and the values Python torch gives: int64 beyond 2**53
+    intact, uint8 widened by the model to int32, float16 overflowing to inf as torch's does."""
+    x = DTYPE_INPUTS[name]
+    ours = lt.load(MODELS / name).forward(x)
+    theirs = torch_forward(name, x)
+    assert ours.dtype == theirs.dtype
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_bfloat16_models_take_and_return_float32(lt):
+    """numpy has no bfloat16: float32 in (rounded as torch rounds it), float32 out (exact)."""
+    x = np.array([[0.1, 1.0, -2.0, 3.14159]], np.float32)
+    ours = lt.load(MODELS / "dtype-bfloat16").forward(x)
+    module = torch.jit.load(str(MODELS / "dtype-bfloat16" / "model.pt"))
+    theirs = module(torch.from_numpy(x).to(torch.bfloat16)).float().numpy()
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_forward_refuses_other_dtypes_naming_both(lt):
+    model = lt.load(MODELS / "dtype-int64")
+    with pytest.raises(lt.InvalidInput, match=r"takes a numpy array of dtype int64, got an array of dtype float32"):
+        model.forward(np.zeros((1, 4), np.float32))
+    with pytest.raises(lt.InvalidInput, match="numpy array of dtype float32"):
+        lt.load(MODELS / "tensor").forward(np.zeros((1, 4), np.int64))
