@@ -24,6 +24,11 @@ What each request costs, with defaults from AWS's documentation:
 - attributes, names and failed lookups are cached by the kernel for ``cache_s`` (3 s, NFS's
   ``acregmin``), and file contents for the mount's life (close-to-open on files that never
   change), so a repeated lookup costs nothing, as on NFS.
+
+Where it differs from an NFS client: FUSE sends a large ``read()`` as requests of one readahead
+window (128 KiB) where NFS sends up to ``rsize`` at once; those requests overlap (readahead is
+asynchronous), so a 20 MB sequential read takes 0.23 s here against 0.20 s of pure transfer. Page
+faults on a mapped file are read one readahead window, or one page, at a time on both.
 """
 
 from __future__ import annotations

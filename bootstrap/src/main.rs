@@ -28,8 +28,9 @@ fn main() -> ExitCode {
     let err = match libtorch::check(&lib_dir) {
         Ok(_) => {
             let handler = handler_path();
-            let plan = plan::load_plan(&lib_dir);
-            prefetch::start_detached(prefetch::steps(&lib_dir, plan.as_ref()));
+            let record = prefetch::Record::read(&lib_dir);
+            let plan = plan::load_plan(&lib_dir, record.as_ref());
+            prefetch::start_detached(prefetch::steps(&lib_dir, plan.as_ref(), record.as_ref()));
             // exec only returns on failure.
             let failure = plan::handler_command(&handler, &lib_dir, plan.as_ref()).exec();
             LibTorchError(format!("cannot start {}: {failure}", handler.display()))

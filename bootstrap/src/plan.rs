@@ -17,6 +17,7 @@ use std::process::Command;
 
 use crate::elf;
 use crate::libtorch::LIBRARIES;
+use crate::prefetch::Record;
 
 /// Byte ranges of a file: `(offset, size)`.
 pub type Ranges = Vec<(u64, u64)>;
@@ -70,10 +71,14 @@ pub fn merged(mut ranges: Ranges, gap: u64) -> Ranges {
     out
 }
 
-/// The plan for `lib_dir`, or `None` when the libraries use what it does not model
-/// (`DT_RUNPATH`, `glibc-hwcaps` directories) or cannot be read: then the loader searches as
-/// before.
-pub fn load_plan(lib_dir: &Path) -> Option<LoadPlan> {
+/// The plan for `lib_dir`: the recorded one while it matches the files, else one read from the
+/// libraries' ELF headers and directory listings; `None` when the libraries use what it does not
+/// model (`DT_RUNPATH`, `glibc-hwcaps` directories) or cannot be read: then the loader searches
+/// as before.
+pub fn load_plan(lib_dir: &Path, record: Option<&Record>) -> Option<LoadPlan> {
+    if let Some(plan) = record.and_then(|r| r.plan(lib_dir)) {
+        return Some(plan);
+    }
     let mut planner = Planner::default();
     for name in LIBRARIES {
         planner.visit(&lib_dir.join(name))?;
@@ -226,6 +231,6 @@ mod tests {
 
     #[test]
     fn plans_nothing_for_a_missing_tree() {
-        assert!(load_plan(Path::new("/nonexistent/torch/lib")).is_none());
+        assert!(load_plan(Path::new("/nonexistent/torch/lib"), None).is_none());
     }
 }

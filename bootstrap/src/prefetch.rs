@@ -7,8 +7,10 @@
 //! cold start was recorded touching (`.lambdatorch-pages.json` beside libtorch, written by the
 //! Python package's `_prefetch.record_pages`, e.g. from `lambdatorch doctor`; ignored when stale);
 //! and the model files `LAMBDATORCH_PRELOAD` names. The handler starts at once and finds those
-//! bytes arriving, or there. Prefetching only changes when bytes arrive: every failure is
-//! ignored. The same steps as `python/lambdatorch/_prefetch.py`, for the Python handler.
+//! bytes arriving, or there. The record also holds the load plan ([`crate::plan`]), so that a
+//! start with a valid record reads no ELF header and lists no directory. Prefetching only changes
+//! when bytes arrive: every failure is ignored. The same steps as
+//! `python/lambdatorch/_prefetch.py`, for the Python handler.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -35,7 +37,7 @@ pub struct Step {
 }
 
 /// What to prefetch, in order.
-pub fn steps(lib_dir: &Path, plan: Option<&LoadPlan>) -> Vec<Step> {
+pub fn steps(lib_dir: &Path, plan: Option<&LoadPlan>, record: Option<&Record>) -> Vec<Step> {
     let mut steps = Vec::new();
     if let Some(plan) = plan {
         for path in &plan.tree {
@@ -45,7 +47,10 @@ pub fn steps(lib_dir: &Path, plan: Option<&LoadPlan>) -> Vec<Step> {
                 ranges: Some(ranges),
             });
         }
-        for (path, ranges) in recorded(lib_dir, &plan.tree) {
+        for (path, ranges) in record
+            .map(|r| r.ranges(lib_dir, &plan.tree))
+            .unwrap_or_default()
+        {
             steps.push(Step {
                 path,
                 ranges: Some(ranges),
@@ -75,45 +80,65 @@ fn record_key(lib_dir: &Path, path: &Path) -> Option<String> {
     Some(rest.to_string_lossy().into_owned())
 }
 
-/// The recorded ranges of each of `libraries` whose record still matches the file.
-pub fn recorded(lib_dir: &Path, libraries: &[PathBuf]) -> Vec<(PathBuf, Ranges)> {
-    let Ok(text) = std::fs::read(lib_dir.join(PAGES_FILE)) else {
-        return Vec::new();
-    };
-    let Ok(record) = serde_json::from_slice::<Value>(&text) else {
-        return Vec::new();
-    };
-    if record["format"].as_u64() != Some(FORMAT) {
-        return Vec::new();
+/// `lambdatorch._libtorch.record_pages()`'s record: the load plan and, per library, its
+/// identity (size, mtime), its linker ranges and the ranges a cold start touched.
+pub struct Record(Value);
+
+fn ranges_of(value: &Value) -> Option<Ranges> {
+    value
+        .as_array()?
+        .iter()
+        .map(|r| Some((r.get(0)?.as_u64()?, r.get(1)?.as_u64()?)))
+        .collect()
+}
+
+impl Record {
+    /// `lib_dir/PAGES_FILE`, if it is there, parses and is of this format.
+    pub fn read(lib_dir: &Path) -> Option<Record> {
+        let record: Value =
+            serde_json::from_slice(&std::fs::read(lib_dir.join(PAGES_FILE)).ok()?).ok()?;
+        (record["format"].as_u64() == Some(FORMAT)).then_some(Record(record))
     }
-    let mut found = Vec::new();
-    for path in libraries {
-        let Some(entry) = record_key(lib_dir, path).and_then(|k| record["libraries"].get(k)) else {
-            continue;
-        };
-        let expected = entry["file"].as_array().and_then(|f| {
-            Some((
-                f.first()?.as_u64()?,
-                i128::from(
-                    f.get(1)?
-                        .as_i64()
-                        .or_else(|| f.get(1)?.as_u64()?.try_into().ok())?,
-                ),
-            ))
-        });
-        if expected.is_none() || expected != identity(path) {
-            continue;
-        }
-        let ranges: Option<Ranges> = entry["ranges"].as_array().map(|rows| {
-            rows.iter()
-                .filter_map(|r| Some((r.get(0)?.as_u64()?, r.get(1)?.as_u64()?)))
-                .collect()
-        });
-        if let Some(ranges) = ranges {
-            found.push((path.clone(), merged(ranges, 0)));
-        }
+
+    /// The entry for `path`, if it still describes the file.
+    fn entry(&self, lib_dir: &Path, path: &Path) -> Option<&Value> {
+        let entry = self.0["libraries"].get(record_key(lib_dir, path)?)?;
+        let file = entry["file"].as_array()?;
+        let mtime = file.get(1)?;
+        let recorded = (
+            file.first()?.as_u64()?,
+            i128::from(mtime.as_i64().or_else(|| mtime.as_u64()?.try_into().ok())?),
+        );
+        (Some(recorded) == identity(path)).then_some(entry)
     }
-    found
+
+    /// The recorded ranges of each of `libraries` whose record still matches the file.
+    pub fn ranges(&self, lib_dir: &Path, libraries: &[PathBuf]) -> Vec<(PathBuf, Ranges)> {
+        libraries
+            .iter()
+            .filter_map(|path| {
+                let ranges = ranges_of(&self.entry(lib_dir, path)?["ranges"])?;
+                Some((path.clone(), merged(ranges, 0)))
+            })
+            .collect()
+    }
+
+    /// The load plan recorded, if every library in it is still the file recorded: then nothing
+    /// has to be read or listed to plan (on EFS, a round trip per library and directory).
+    pub fn plan(&self, lib_dir: &Path) -> Option<LoadPlan> {
+        let plan = &self.0["plan"];
+        let mut out = LoadPlan::default();
+        for name in plan["system"].as_array()? {
+            out.system.push(name.as_str()?.to_owned());
+        }
+        for name in plan["tree"].as_array()? {
+            let path = lib_dir.join(name.as_str()?);
+            let linker = ranges_of(&self.entry(lib_dir, &path)?["linker"])?;
+            out.linker_ranges.insert(path.clone(), linker);
+            out.tree.push(path);
+        }
+        (!out.tree.is_empty()).then_some(out)
+    }
 }
 
 fn valid_model_name(name: &str) -> bool {
@@ -236,15 +261,24 @@ mod tests {
         let lib = dir.join("libx.so");
         std::fs::write(&lib, vec![0u8; 8192])?;
         let (size, mtime) = identity(&lib).expect("stat");
-        let record = serde_json::json!({"format": 1, "libraries": {
-            "libx.so": {"file": [size, mtime as i64], "ranges": [[4096, 4096], [0, 4096]]}}});
+        let record = serde_json::json!({"format": 1,
+            "plan": {"system": ["libc.so.6"], "tree": ["libx.so"]},
+            "libraries": {"libx.so": {"file": [size, mtime as i64],
+                "ranges": [[4096, 4096], [0, 4096]], "linker": [[0, 64]]}}});
         std::fs::write(dir.join(PAGES_FILE), record.to_string())?;
+        let plan = Record::read(&dir)
+            .and_then(|r| r.plan(&dir))
+            .expect("a plan");
+        assert_eq!(plan.system, vec!["libc.so.6".to_owned()]);
+        assert_eq!(plan.tree, vec![lib.clone()]);
+        assert_eq!(plan.linker_ranges[&lib], vec![(0, 64)]);
+        let record = Record::read(&dir).expect("a record");
         assert_eq!(
-            recorded(&dir, std::slice::from_ref(&lib)),
+            record.ranges(&dir, std::slice::from_ref(&lib)),
             vec![(lib.clone(), vec![(0, 8192)])]
         );
         std::fs::write(&lib, vec![0u8; 100])?; // changed since recorded
-        assert!(recorded(&dir, &[lib]).is_empty());
+        assert!(record.ranges(&dir, &[lib]).is_empty());
         std::fs::remove_dir_all(&dir)
     }
 }

@@ -122,9 +122,14 @@ class _Unplanned(Exception):
     """A layout the plan does not model; the loader is left to search as usual."""
 
 
-def load_plan(lib_dir: Path) -> LoadPlan | None:
+def load_plan(lib_dir: Path, record: _prefetch.Record | None = None) -> LoadPlan | None:
     """How to load ``LIBRARIES`` from ``lib_dir`` without the loader's search, or None when the
-    libraries use something the plan does not model (``DT_RUNPATH``, ``glibc-hwcaps``)."""
+    libraries use something the plan does not model (``DT_RUNPATH``, ``glibc-hwcaps``). Taken
+    from ``record`` (:func:`._prefetch.read_record`) while it matches the files, else planned
+    from the libraries' ELF headers and directory listings."""
+    recorded = _prefetch.recorded_plan(lib_dir, record) if record else None
+    if recorded is not None:
+        return LoadPlan(*recorded)
     listings: dict[Path, frozenset[str]] = {}
 
     def names_in(folder: Path) -> frozenset[str]:
@@ -172,8 +177,9 @@ def preload() -> Path:
     if _loaded is not None:
         return _loaded
     lib_dir, version = find()
-    plan = load_plan(lib_dir)
-    helper = _prefetch.start(lib_dir, plan.linker_ranges if plan else {})
+    record = _prefetch.read_record(lib_dir)
+    plan = load_plan(lib_dir, record)
+    helper = _prefetch.start(lib_dir, plan.linker_ranges if plan else {}, record)
     try:
         _load(plan, lib_dir, version)
     finally:
@@ -215,6 +221,7 @@ def record_pages() -> Path | None:
     when libtorch is not loaded yet."""
     if _loaded is None:
         return None
-    plan = load_plan(_loaded)
-    libraries = plan.tree if plan else tuple(_loaded / name for name in LIBRARIES)
-    return _prefetch.record_pages(_loaded, libraries)
+    plan = load_plan(_loaded)  # from the files themselves, not from an earlier record
+    if plan is None:
+        return _prefetch.record_pages(_loaded, [_loaded / name for name in LIBRARIES])
+    return _prefetch.record_pages(_loaded, plan.tree, plan.system, plan.linker_ranges)

@@ -6,7 +6,8 @@ loaded, :func:`start` has the kernel read, in this order:
 
 1. each library's ``LINKER_SECTIONS``, which the dynamic loader reads whole to link and relocate;
 2. the pages a cold start was recorded touching (:func:`record_pages` writes ``PAGES_FILE``
-   beside libtorch; a stale or missing record is ignored);
+   beside libtorch, with the load plan, so that a start with a valid record reads no ELF header
+   and lists no directory; a stale or missing record is ignored);
 3. the model files ``LAMBDATORCH_PRELOAD`` names, needed once libtorch is loaded.
 
 The requests (``posix_fadvise(WILLNEED)``) are made by a detached helper process running this
@@ -24,6 +25,7 @@ import subprocess
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 #: What the dynamic loader reads whole to link and relocate a library (symbol, version and hash
 #: tables, relocations, and the data it relocates). Code and read-only data are faulted in as
@@ -63,6 +65,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 Ranges = tuple[tuple[int, int], ...]
+Record = dict[str, Any]
 
 
 def merged(ranges: Iterable[tuple[int, int]], gap: int = _MERGE_GAP) -> Ranges:
@@ -103,18 +106,22 @@ def _advise(fd: int, ranges: Iterable[tuple[int, int]] | None) -> None:
         pass
 
 
-def plan(lib_dir: Path, libraries: Mapping[Path, Ranges]) -> list[tuple[str, Ranges | None]]:
+def plan(
+    lib_dir: Path, libraries: Mapping[Path, Ranges], record: Record | None = None
+) -> list[tuple[str, Ranges | None]]:
     """What to prefetch, in order: ``libraries``' given ranges, then their recorded pages, then
     the preloaded models' files (``None``: the whole file)."""
     steps: list[tuple[str, Ranges | None]] = [(str(p), r) for p, r in libraries.items()]
-    steps += [(str(p), r) for p, r in recorded(lib_dir, libraries).items()]
+    steps += [(str(p), r) for p, r in recorded(lib_dir, libraries, record).items()]
     steps += [(str(model), None) for model in preloaded_model_files()]
     return steps
 
 
-def start(lib_dir: Path, libraries: Mapping[Path, Ranges]) -> subprocess.Popen[bytes] | None:
+def start(
+    lib_dir: Path, libraries: Mapping[Path, Ranges], record: Record | None = None
+) -> subprocess.Popen[bytes] | None:
     """Start prefetching :func:`plan` in a helper process; reap it with :func:`finish`."""
-    steps = plan(lib_dir, libraries)
+    steps = plan(lib_dir, libraries, record)
     if not steps:
         return None
     try:
@@ -142,28 +149,75 @@ def _identity(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def recorded(lib_dir: Path, libraries: Iterable[Path]) -> dict[Path, Ranges]:
-    """The recorded ranges of each of ``libraries`` whose record still matches the file."""
+def read_record(lib_dir: Path) -> Record | None:
+    """``lib_dir/PAGES_FILE``, parsed, or None (missing, unreadable or of another format)."""
     try:
         record = json.loads((lib_dir / PAGES_FILE).read_bytes())
-        if record.get("format") != _FORMAT:
-            return {}
-        entries = record["libraries"]
-        found = {}
-        for path in libraries:
-            entry = entries.get(os.path.relpath(path, lib_dir))
-            if entry and entry["file"] == _identity(path):
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("format") != _FORMAT:
+        return None
+    return record
+
+
+def _entry(lib_dir: Path, path: Path, record: Record) -> dict[str, Any] | None:
+    """The record's entry for ``path`` if it still describes the file."""
+    try:
+        entry = record["libraries"].get(os.path.relpath(path, lib_dir))
+        return entry if entry and entry["file"] == _identity(path) else None
+    except (OSError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def recorded(
+    lib_dir: Path, libraries: Iterable[Path], record: Record | None = None
+) -> dict[Path, Ranges]:
+    """The recorded ranges of each of ``libraries`` whose record still matches the file."""
+    if record is None:
+        record = read_record(lib_dir)
+    found = {}
+    for path in libraries if record else ():
+        entry = _entry(lib_dir, path, record)
+        if entry:
+            try:
                 found[path] = tuple((int(o), int(n)) for o, n in entry["ranges"])
-        return found
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
+            except (KeyError, TypeError, ValueError):
+                continue
+    return found
 
 
-def record_pages(lib_dir: Path, libraries: Iterable[Path]) -> Path:
-    """Write ``lib_dir/PAGES_FILE``: which pages of each of ``libraries`` this process has touched
+def recorded_plan(
+    lib_dir: Path, record: Record
+) -> tuple[tuple[str, ...], tuple[Path, ...], dict[Path, Ranges]] | None:
+    """The load plan the record holds (system names, the tree's libraries in load order, their
+    linker ranges), if every one of those libraries is still the file recorded: then nothing has
+    to be read or listed to plan, which on EFS saves a round trip per library and directory."""
+    try:
+        system = tuple(str(name) for name in record["plan"]["system"])
+        tree = tuple(lib_dir / name for name in record["plan"]["tree"])
+        linker = {}
+        for path in tree:
+            entry = _entry(lib_dir, path, record)
+            if entry is None:
+                return None
+            linker[path] = tuple((int(o), int(n)) for o, n in entry["linker"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return (system, tree, linker) if tree else None
+
+
+def record_pages(
+    lib_dir: Path,
+    libraries: Iterable[Path],
+    system: Iterable[str] = (),
+    linker: Mapping[Path, Ranges] | None = None,
+) -> Path:
+    """Write ``lib_dir/PAGES_FILE``: which pages of each of ``libraries`` (the load plan's tree,
+    in load order; ``system`` and ``linker`` the rest of the plan) this process has touched
     (mapped, from ``/proc/self/pagemap``; whatever is in the page cache is not counted). Call it
-    after a model's first inference, as ``lambdatorch doctor`` does, on the tree the function
-    will use; later cold starts prefetch those pages. Returns the file written."""
+    after a model's first inference, on the tree the function will use; later cold starts
+    prefetch those pages, and take the plan from it. Returns the file written."""
+    libraries = list(libraries)
     wanted = {os.path.realpath(p): os.path.relpath(p, lib_dir) for p in libraries}
     pages: dict[str, set[int]] = {name: set() for name in wanted.values()}
     with open("/proc/self/maps") as maps, open("/proc/self/pagemap", "rb") as pagemap:
@@ -181,12 +235,19 @@ def record_pages(lib_dir: Path, libraries: Iterable[Path]) -> Path:
                 if entries[i * 8 + 7] & 0x80:  # bit 63: present
                     pages[name].add(offset // _PAGE + i)
     libraries_out = {}
-    for real, name in wanted.items():
+    for path in libraries:
+        real, name = os.path.realpath(path), os.path.relpath(path, lib_dir)
         ranges = merged(((p * _PAGE, _PAGE) for p in pages[name]), _MERGE_GAP)
-        libraries_out[name] = {"file": _identity(Path(real)), "ranges": [list(r) for r in ranges]}
+        libraries_out[name] = {
+            "file": _identity(Path(real)),
+            "ranges": [list(r) for r in ranges],
+            "linker": [list(r) for r in (linker or {}).get(path, ())],
+        }
+    plan = {"system": list(system), "tree": [os.path.relpath(p, lib_dir) for p in libraries]}
     out = lib_dir / PAGES_FILE
     partial = out.with_name(out.name + f".{os.getpid()}.partial")
-    partial.write_text(json.dumps({"format": _FORMAT, "libraries": libraries_out}) + "\n")
+    record = {"format": _FORMAT, "plan": plan, "libraries": libraries_out}
+    partial.write_text(json.dumps(record) + "\n")
     os.replace(partial, out)
     return out
 

@@ -47,7 +47,7 @@ LOADED = """
 import json, os
 from lambdatorch import _libtorch
 if {plain}:
-    _libtorch.load_plan = lambda lib_dir: None
+    _libtorch.load_plan = lambda *args: None
 _libtorch.preload()
 mapped = {{os.path.realpath(f.split()[5]) for f in open("/proc/self/maps") if len(f.split()) > 5}}
 print(json.dumps(sorted(p for p in mapped if ".so" in p)))
@@ -108,7 +108,8 @@ def test_recorded_pages_round_trip(tmp_path):
         "from lambdatorch import _libtorch, _prefetch\n"
         "lib = _libtorch.preload()\n"
         "plan = _libtorch.load_plan(lib)\n"
-        f"print(_prefetch.record_pages(Path({str(tmp_path)!r}), plan.tree))\n"
+        f"out = Path({str(tmp_path)!r})\n"
+        "print(_prefetch.record_pages(out, plan.tree, plan.system, plan.linker_ranges))\n"
     )
     record = json.loads(Path(out.strip()).read_text())
     assert record["format"] == 1
@@ -126,6 +127,17 @@ def test_recorded_pages_round_trip(tmp_path):
     assert plan is not None
     found = _prefetch.recorded(tmp_path, plan.tree)
     assert set(found) == set(plan.tree)
+    # The record holds the plan too: nothing to read or list on the next start.
+    record = _prefetch.read_record(tmp_path)
+    assert _libtorch.load_plan(tmp_path, record) is not None
+    assert _prefetch.recorded_plan(tmp_path, record) is not None
+    system, tree, linker = _prefetch.recorded_plan(tmp_path, record)
+    assert system == plan.system
+    assert [os.path.realpath(p) for p in tree] == [os.path.realpath(p) for p in plan.tree]
+    assert {os.path.realpath(p): r for p, r in linker.items()} == {
+        os.path.realpath(p): r for p, r in plan.linker_ranges.items()
+    }
+    record = json.loads((tmp_path / _prefetch.PAGES_FILE).read_text())
     stale = tmp_path / _prefetch.PAGES_FILE
     for entry in record["libraries"].values():
         entry["file"][0] += 1  # as if the library had changed size since
