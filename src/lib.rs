@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod batcher;
 pub mod error;
 pub mod events;
 pub mod image;

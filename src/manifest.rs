@@ -31,10 +31,21 @@ pub struct Manifest {
     pub output: Output,
     /// Most inputs one request may batch into one forward pass.
     pub max_batch: usize,
-    /// Intra-op threads for libtorch.
+    /// Intra-op threads for libtorch, set for each of this model's forward passes.
     pub threads: Threads,
     /// Run one inference at load time so the first request does not pay for lazy initialisation.
     pub warmup: bool,
+    /// Dynamic batching of concurrent requests (see [`crate::batcher`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batching: Option<Batching>,
+}
+
+/// `batching`: how long a request may wait for others to share its forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batching {
+    /// Milliseconds; a request that is alone never waits.
+    pub max_delay_ms: u64,
 }
 
 /// The manifest as written: `input` and `output` stay JSON until their `type` picks the shape, so
@@ -55,6 +66,8 @@ struct RawManifest {
     threads: Threads,
     #[serde(default = "default_true")]
     warmup: bool,
+    #[serde(default)]
+    batching: Option<Batching>,
 }
 
 fn default_max_batch() -> usize {
@@ -369,6 +382,7 @@ impl Manifest {
             max_batch: raw.max_batch,
             threads: raw.threads,
             warmup: raw.warmup,
+            batching: raw.batching,
         };
         manifest.validate(path)?;
         Ok(manifest)
@@ -399,6 +413,17 @@ impl Manifest {
         if let Some(digest) = &self.sha256 {
             if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return bad("sha256", format!("expected 64 hex digits, got {digest:?}"));
+            }
+        }
+        if let Some(batching) = &self.batching {
+            if batching.max_delay_ms > 1000 {
+                return bad(
+                    "batching.max_delay_ms",
+                    format!(
+                        "must be 0 to 1000 milliseconds, got {}",
+                        batching.max_delay_ms
+                    ),
+                );
             }
         }
         if self.max_batch == 0 || self.max_batch > 1024 {

@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::backend::{self, Backend};
+use crate::batcher::{Batcher, Ticket};
 use crate::error::{Error, Result};
 use crate::image::ImageSource;
 use crate::input::InputPipeline;
@@ -52,6 +53,13 @@ pub struct Timings {
     pub decode: f64,
     /// Resizing, cropping and normalizing images, or checking and converting a tensor.
     pub preprocess: f64,
+    /// Waiting for a batch to form or for the model's previous batch (batching models only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<f64>,
+    /// Rows in the forward pass the request ran in (batching models only): not a time, reported
+    /// beside the timings in responses.
+    #[serde(skip)]
+    pub batch_size: Option<usize>,
     /// The forward pass and output handling.
     pub inference: f64,
     /// Everything, end to end.
@@ -65,6 +73,10 @@ fn ms_since(start: Instant) -> f64 {
 /// A model loaded and ready to serve.
 pub struct Model {
     dir: ModelDir,
+    /// libtorch's intra-op threads for this model's forward passes.
+    threads: usize,
+    /// Shares forward passes between concurrent requests, when batching is on.
+    batcher: Option<Batcher>,
     input: InputPipeline,
     backend: Box<dyn Backend>,
     output: OutputHead,
@@ -100,7 +112,10 @@ impl Model {
             )
         })?;
         drop(file);
+        let batcher = batcher_for(&dir.manifest)?;
         let model = Model {
+            threads,
+            batcher,
             input: InputPipeline::new(&dir.manifest.input, &limits),
             output: OutputHead::new(&dir.manifest.output, dir.labels.clone()),
             backend,
@@ -150,6 +165,7 @@ impl Model {
     /// Runs images through the model: decode, preprocess into one batch, one forward pass.
     pub fn infer(&self, images: &[ImageSource<'_>]) -> Result<(TensorData, Timings)> {
         let started = Instant::now();
+        let ticket = self.batcher.as_ref().map(Batcher::enter);
         let [c, h, w] = self.preprocessor()?.chw();
         self.check_batch(images.len())?;
         let shape = [images.len(), c, h, w].map(|d| d as i64);
@@ -166,15 +182,38 @@ impl Model {
                 unsafe { std::slice::from_raw_parts_mut(batch.data_ptr().cast::<f32>(), numel) };
             self.preprocess_into(images, floats)?
         };
-        let before = Instant::now();
-        let output = self.run(&batch)?;
-        let timings = Timings {
-            decode,
-            preprocess,
-            inference: ms_since(before),
-            total: ms_since(started),
-        };
+        let (output, mut timings) = self.run_batched(ticket, batch)?;
+        timings.decode = decode;
+        timings.preprocess = preprocess;
+        timings.total = ms_since(started);
         Ok((output, timings))
+    }
+
+    /// One forward pass of `input`, shared with concurrent requests when the model batches;
+    /// times the inference (and the queue).
+    fn run_batched(
+        &self,
+        ticket: Option<Ticket<'_>>,
+        input: tch::Tensor,
+    ) -> Result<(TensorData, Timings)> {
+        let before = Instant::now();
+        let (output, batched) = match (&self.batcher, ticket) {
+            (Some(batcher), Some(ticket)) => {
+                let (output, batched) = batcher.run(ticket, input, |batch| self.run(batch))?;
+                (output, Some(batched))
+            }
+            _ => (self.run(&input)?, None),
+        };
+        let queue = batched.map(|b| b.queue_ms);
+        Ok((
+            output,
+            Timings {
+                queue,
+                batch_size: batched.map(|b| b.batch_size),
+                inference: ms_since(before) - queue.unwrap_or(0.0),
+                ..Timings::default()
+            },
+        ))
     }
 
     /// Classifies images: [`Model::infer`], then the best `top_k` per image.
@@ -266,11 +305,17 @@ impl Model {
     /// Runs the model on a caller's tensor (NCHW float32 for image models, the manifest's shape
     /// and dtype for tensor models), after checking it; returns the output in its own dtype.
     pub fn forward(&self, input: &TensorData) -> Result<TensorData> {
+        self.forward_timed(input).map(|(output, _)| output)
+    }
+
+    /// [`Model::forward`], with the inference (and queue) timings.
+    pub fn forward_timed(&self, input: &TensorData) -> Result<(TensorData, Timings)> {
+        let ticket = self.batcher.as_ref().map(Batcher::enter);
         self.check_shape(&input.shape)?;
         self.input
             .check(input, &self.limits)
             .map_err(|err| self.named(err))?;
-        self.run(&input.to_torch()?)
+        self.run_batched(ticket, input.to_torch()?)
     }
 
     /// Best `top_k` predictions per row of a classification output.
@@ -284,10 +329,18 @@ impl Model {
 
     /// One forward pass on a tensor that passed the checks; the first output, copied out.
     fn run(&self, input: &tch::Tensor) -> Result<TensorData> {
-        let outputs = self
-            .backend
-            .forward(std::slice::from_ref(input))
-            .map_err(|message| Error::inference(self.name(), message))?;
+        let outputs = {
+            // One forward pass at a time in the process, each with its model's threads: libtorch's
+            // thread count is process-wide, and concurrent OpenMP pools oversubscribe the cores
+            // (the benchmark saw 70 ms forwards take a second). Concurrent requests share a pass
+            // through the batcher instead.
+            let _exclusive = FORWARD
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            backend::set_threads(self.threads);
+            self.backend.forward(std::slice::from_ref(input))
+        }
+        .map_err(|message| Error::inference(self.name(), message))?;
         let first = outputs
             .first()
             .ok_or_else(|| Error::inference(self.name(), "the model returned no output tensor"))?;
@@ -327,6 +380,48 @@ impl Model {
             other => other,
         })?;
         Ok(())
+    }
+}
+
+/// Held for the duration of a forward pass: see [`Model::run`].
+static FORWARD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Whether batching is on: when Lambda sends concurrent requests (`AWS_LAMBDA_MAX_CONCURRENCY` above
+/// 1), when the manifest has `batching`, or when `LAMBDATORCH_BATCH_DELAY_MS` is set (which also
+/// overrides the manifest's delay).
+fn batcher_for(manifest: &Manifest) -> Result<Option<Batcher>> {
+    let env_delay = batching_delay()?;
+    let concurrent = std::env::var("AWS_LAMBDA_MAX_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .is_some_and(|n| n > 1);
+    let manifest_delay = manifest.batching.as_ref().map(|b| b.max_delay_ms);
+    let on = concurrent || env_delay.is_some() || manifest_delay.is_some();
+    if !on {
+        return Ok(None);
+    }
+    let delay = env_delay.or(manifest_delay).unwrap_or(0);
+    Ok(Some(Batcher::new(
+        manifest.max_batch,
+        std::time::Duration::from_millis(delay),
+    )))
+}
+
+/// `LAMBDATORCH_BATCH_DELAY_MS`, when set: the batching delay for every model, in milliseconds.
+pub fn batching_delay() -> Result<Option<u64>> {
+    match std::env::var("LAMBDATORCH_BATCH_DELAY_MS") {
+        Ok(value) if !value.trim().is_empty() => value
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|&ms| ms <= 1000)
+            .map(Some)
+            .ok_or_else(|| {
+                Error::invalid_input(format!(
+                    "LAMBDATORCH_BATCH_DELAY_MS must be 0 to 1000 milliseconds, got {value:?}"
+                ))
+            }),
+        _ => Ok(None),
     }
 }
 

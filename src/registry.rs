@@ -1,53 +1,199 @@
 //! The per-process model cache, and the only place where a request's model name becomes a path.
 //!
 //! Models are loaded once and shared (`Arc<Model>`) by every caller in the process: the Python
-//! `load`, the service core and both handlers. Names are checked against the design's pattern and
-//! the resolved directory must stay under the models root, symlinks included.
+//! `load`, the service core and both handlers. Loading takes only that model's own lock, so other
+//! models keep serving while one loads, and concurrent first requests for a model load it once.
+//! The cache keeps the models' files within a memory budget (`LAMBDATORCH_MODEL_CACHE_MB`) by
+//! evicting the least recently used model that no request holds; a model larger than the whole
+//! budget is refused before it is loaded. Names are checked against the design's pattern and the
+//! resolved directory must stay under the models root, symlinks included.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 use crate::manifest::{ModelDir, MANIFEST_FILE};
 use crate::model::Model;
 
+/// Memory a Lambda function keeps outside the model cache: libtorch's code and allocator, the
+/// runtime, and requests in flight.
+const RESERVED_MB: u64 = 768;
+
 /// Loaded models keyed by their canonical directory.
 #[derive(Default)]
 pub struct Registry {
-    models: Mutex<HashMap<PathBuf, Arc<Model>>>,
+    slots: Mutex<HashMap<PathBuf, Arc<Slot>>>,
+    /// Budget for loaded models' files, in bytes; `None`: unbounded.
+    budget: Option<u64>,
+    clock: AtomicU64,
+}
+
+/// One model directory's place in the cache; its lock is held while the model loads.
+#[derive(Default)]
+struct Slot {
+    model: Mutex<Option<Arc<Model>>>,
+    /// What the loaded model counts against the budget.
+    bytes: AtomicU64,
+    last_used: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every value behind these locks is valid between statements; a panic cannot tear one.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 static GLOBAL: OnceLock<Registry> = OnceLock::new();
 
 impl Registry {
-    /// The process-wide registry.
+    /// A registry that keeps loaded models' files within `budget` bytes (`None`: no limit).
+    pub fn with_budget(budget: Option<u64>) -> Registry {
+        Registry {
+            budget,
+            ..Registry::default()
+        }
+    }
+
+    /// The process-wide registry, with the budget of [`cache_budget`] (a bad
+    /// `LAMBDATORCH_MODEL_CACHE_MB` leaves the cache unbounded here; the service's configuration
+    /// refuses it at init).
     pub fn global() -> &'static Registry {
-        GLOBAL.get_or_init(Registry::default)
+        GLOBAL.get_or_init(|| Registry::with_budget(cache_budget().ok().flatten()))
     }
 
     /// Loads (or returns the cached) model at a directory or manifest path.
-    ///
-    /// Loading holds the registry lock: two threads asking for the same model load it once.
     pub fn load(&self, path: &Path) -> Result<Arc<Model>> {
         let key = canonical_dir(path)?;
-        let mut models = self
-            .models
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(model) = models.get(&key) {
+        let slot = Arc::clone(lock(&self.slots).entry(key.clone()).or_default());
+        let mut model = lock(&slot.model);
+        slot.last_used.store(
+            self.clock.fetch_add(1, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        if let Some(model) = &*model {
             return Ok(Arc::clone(model));
         }
-        let model = Arc::new(Model::load(ModelDir::open(path)?, Limits::from_env()?)?);
-        models.insert(key, Arc::clone(&model));
-        Ok(model)
+        let dir = ModelDir::open(path)?;
+        let bytes = footprint(&dir.model_file);
+        if let Some(budget) = self.budget {
+            if bytes > budget {
+                return Err(Error::manifest(
+                    &dir.manifest_path,
+                    "file",
+                    format!(
+                        "the model takes {} MB, more than the whole model cache of {} MB: raise \
+                         LAMBDATORCH_MODEL_CACHE_MB (and the function's memory)",
+                        bytes.div_ceil(1 << 20),
+                        budget >> 20
+                    ),
+                ));
+            }
+            self.make_room(bytes, &key);
+        }
+        let loaded = Arc::new(Model::load(dir, Limits::from_env()?)?);
+        slot.bytes.store(bytes, Ordering::Relaxed);
+        *model = Some(Arc::clone(&loaded));
+        Ok(loaded)
     }
 
     /// Loads the model called `name` under `root`, refusing names that could leave it.
     pub fn load_named(&self, root: &Path, name: &str) -> Result<Arc<Model>> {
         self.load(&resolve_name(root, name)?)
     }
+
+    /// The directories of the models loaded now.
+    pub fn loaded(&self) -> Vec<PathBuf> {
+        let slots = lock(&self.slots);
+        let mut dirs: Vec<PathBuf> = slots
+            .iter()
+            .filter(|(_, slot)| slot.model.try_lock().map_or(true, |m| m.is_some()))
+            .map(|(dir, _)| dir.clone())
+            .collect();
+        dirs.sort();
+        dirs
+    }
+
+    /// Evicts least recently used idle models until `bytes` more fit the budget. A model is idle
+    /// when only the cache holds it (no request, no Python object) and it is not loading. If the
+    /// rest is busy, the load goes ahead over the budget until they are released.
+    fn make_room(&self, bytes: u64, loading: &Path) {
+        let Some(budget) = self.budget else { return };
+        let slots = lock(&self.slots);
+        let mut used: u64 = slots
+            .values()
+            .map(|slot| slot.bytes.load(Ordering::Relaxed))
+            .sum();
+        let mut candidates: Vec<&Arc<Slot>> = slots
+            .iter()
+            .filter(|(dir, _)| dir.as_path() != loading)
+            .map(|(_, slot)| slot)
+            .collect();
+        candidates.sort_by_key(|slot| slot.last_used.load(Ordering::Relaxed));
+        for slot in candidates {
+            if used + bytes <= budget {
+                break;
+            }
+            let Ok(mut model) = slot.model.try_lock() else {
+                continue; // loading right now
+            };
+            if model.as_ref().is_some_and(|m| Arc::strong_count(m) == 1) {
+                *model = None;
+                used -= slot.bytes.swap(0, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// What a model counts against the cache: its file, or the files of its directory (an
+/// unpacked package). Weights dominate what a loaded model holds.
+fn footprint(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok())
+                .map(|entry| footprint(&entry.path()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The model cache's budget in bytes: `LAMBDATORCH_MODEL_CACHE_MB`, else on Lambda the
+/// function's memory (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`) less what libtorch and requests need
+/// (768 MB, and at least a quarter of the memory stays out of the cache); elsewhere unbounded.
+pub fn cache_budget() -> Result<Option<u64>> {
+    let mb = |name: &str| -> Result<Option<u64>> {
+        match std::env::var(name) {
+            Ok(value) if !value.trim().is_empty() => value
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| n > 0)
+                .map(Some)
+                .ok_or_else(|| {
+                    Error::invalid_input(format!(
+                        "{name} must be a positive number of megabytes, got {value:?}"
+                    ))
+                }),
+            _ => Ok(None),
+        }
+    };
+    if let Some(cache) = mb("LAMBDATORCH_MODEL_CACHE_MB")? {
+        return Ok(Some(cache << 20));
+    }
+    Ok(mb("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")?.map(|memory| {
+        let share = memory.saturating_sub(RESERVED_MB).min(memory * 3 / 4);
+        share.max(1) << 20
+    }))
 }
 
 fn canonical_dir(path: &Path) -> Result<PathBuf> {

@@ -59,7 +59,12 @@ impl Config {
                         .collect()
                 })
                 .unwrap_or_default(),
-            limits: Limits::from_env()?,
+            limits: {
+                // Checked here so that a bad value fails init, not the first model load.
+                registry::cache_budget()?;
+                crate::model::batching_delay()?;
+                Limits::from_env()?
+            },
         })
     }
 }
@@ -111,6 +116,9 @@ pub struct Response {
     /// Milliseconds per stage.
     #[serde(rename = "timings_ms", serialize_with = "rounded_timings")]
     pub timings: Timings,
+    /// Rows in the forward pass this request shared, when the model batches concurrent requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
 }
 
 /// The part of a response that depends on the request and the model's output.
@@ -156,6 +164,8 @@ pub struct RawTensor {
 fn rounded_timings<S: serde::Serializer>(t: &Timings, s: S) -> Result<S::Ok, S::Error> {
     let round = |ms: f64| (ms * 1000.0).round() / 1000.0;
     Timings {
+        queue: t.queue.map(round),
+        batch_size: None,
         decode: round(t.decode),
         preprocess: round(t.preprocess),
         inference: round(t.inference),
@@ -250,13 +260,8 @@ impl Service {
                 model.check_shape(&shape)?;
                 let converted = TensorData::from_json(shape, &data, model.input().dtype())?;
                 let preprocess = ms_since(started);
-                let before = Instant::now();
-                let output = model.forward(&converted)?;
-                let timings = Timings {
-                    preprocess,
-                    inference: ms_since(before),
-                    ..Timings::default()
-                };
+                let (output, mut timings) = model.forward_timed(&converted)?;
+                timings.preprocess = preprocess;
                 (output, timings)
             }
         };
@@ -267,6 +272,7 @@ impl Service {
         Ok(Response {
             model: model.name().to_owned(),
             body,
+            batch_size: timings.batch_size,
             timings,
         })
     }

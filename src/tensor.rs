@@ -231,6 +231,38 @@ impl TensorData {
         TensorData::new(shape, elements).map(Some)
     }
 
+    /// Splits the batch dimension into parts of `rows` rows each (which must add up to it).
+    pub fn split_rows(self, rows: &[usize]) -> Result<Vec<TensorData>> {
+        let total: usize = rows.iter().sum();
+        let (&first, rest) = self.shape.split_first().unwrap_or((&0, &[]));
+        if first != total {
+            return Err(Error::internal(
+                "batch",
+                format!("the output has {first} rows for {total} inputs"),
+            ));
+        }
+        let per_row = element_count(rest).unwrap_or(0);
+        let mut parts = Vec::with_capacity(rows.len());
+        let mut start = 0;
+        for &n in rows {
+            let range = start * per_row..(start + n) * per_row;
+            let elements = match &self.elements {
+                Elements::Float32(v) => Elements::Float32(v[range].to_vec()),
+                Elements::Float64(v) => Elements::Float64(v[range].to_vec()),
+                Elements::Float16(v) => Elements::Float16(v[range].to_vec()),
+                Elements::Bfloat16(v) => Elements::Bfloat16(v[range].to_vec()),
+                Elements::Int64(v) => Elements::Int64(v[range].to_vec()),
+                Elements::Int32(v) => Elements::Int32(v[range].to_vec()),
+                Elements::Uint8(v) => Elements::Uint8(v[range].to_vec()),
+                Elements::Bool(v) => Elements::Bool(v[range].to_vec()),
+            };
+            let shape = std::iter::once(n).chain(rest.iter().copied()).collect();
+            parts.push(TensorData::new(shape, elements)?);
+            start += n;
+        }
+        Ok(parts)
+    }
+
     /// A tensor of `shape` filled with zeros (false), for warmup.
     pub fn zeros(shape: Vec<usize>, dtype: DType) -> Result<TensorData> {
         let n = element_count(&shape)

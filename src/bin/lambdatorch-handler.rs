@@ -3,7 +3,8 @@
 //!
 //! Configuration comes from the environment (`LAMBDATORCH_MODELS`, `LAMBDATORCH_DEFAULT_MODEL`,
 //! `LAMBDATORCH_PRELOAD`, ...); preloading and warmup happen during Lambda's init phase, and a
-//! bad configuration or a failed preload fails init. Each event is [`lambdatorch::lambda::handle`].
+//! bad configuration or a failed preload fails init. Each event is [`lambdatorch::lambda::handle`];
+//! with `AWS_LAMBDA_MAX_CONCURRENCY` above 1 (Lambda Managed Instances), that many at once.
 
 use std::time::Instant;
 
@@ -26,7 +27,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         init_ms = started.elapsed().as_secs_f64() * 1e3,
         "ready"
     );
-    lambda_runtime::run(service_fn(move |event| {
+    // One request at a time, or `AWS_LAMBDA_MAX_CONCURRENCY` at once on Lambda Managed Instances
+    // (each on a blocking thread; concurrent requests for a model share forward passes).
+    lambda_runtime::run_concurrent(service_fn(move |event| {
         lambdatorch::lambda::handle(service, event)
     }))
     .await

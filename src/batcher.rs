@@ -1,0 +1,334 @@
+//! Dynamic batching: requests for the same model that arrive together share one forward pass.
+//!
+//! Each request preprocesses its own input on its own thread, then queues it here. The first
+//! queued request becomes the leader: it waits for the requests still preprocessing to queue
+//! theirs, at most `max_delay` and never when nobody else is coming (a lone request runs at once),
+//! takes up to `max_batch` rows in arrival order, runs them as one batch and hands every request
+//! its own rows of the output. While a batch of the model runs, new requests queue up, so under
+//! load the next batch forms by itself even with no delay. A request whose input fails before it
+//! is queued leaves the others unaffected; if a batch of several requests fails, each request is
+//! run alone, so an error reaches only the request that causes it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::tensor::TensorData;
+
+/// How a request's rows were run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Batched {
+    /// Milliseconds between queueing and the start of the forward pass.
+    pub queue_ms: f64,
+    /// Rows in the forward pass, this request's included.
+    pub batch_size: usize,
+}
+
+/// A model's batching queue.
+#[derive(Debug)]
+pub struct Batcher {
+    max_batch: usize,
+    max_delay: Duration,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Requests that announced themselves ([`Batcher::enter`]) and have not queued yet.
+    preparing: usize,
+    queue: VecDeque<Job>,
+    /// Someone is gathering the next batch.
+    gathering: bool,
+    /// A batch of this model is in its forward pass.
+    running: bool,
+    next_id: u64,
+    done: HashMap<u64, Result<(TensorData, Batched)>>,
+}
+
+#[derive(Debug)]
+struct Job {
+    id: u64,
+    input: tch::Tensor,
+    rows: usize,
+    queued: Instant,
+}
+
+/// A request on its way to the queue: while it preprocesses, a gathering leader waits for it.
+/// Dropped without [`Ticket::run`] (the input failed), it stops being waited for.
+#[derive(Debug)]
+pub struct Ticket<'a> {
+    batcher: &'a Batcher,
+    queued: bool,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.queued {
+            let mut state = self.batcher.lock();
+            state.preparing -= 1;
+            drop(state);
+            self.batcher.changed.notify_all();
+        }
+    }
+}
+
+impl Batcher {
+    /// A queue that batches up to `max_batch` rows, waiting at most `max_delay` for more.
+    pub fn new(max_batch: usize, max_delay: Duration) -> Batcher {
+        Batcher {
+            max_batch: max_batch.max(1),
+            max_delay,
+            state: Mutex::default(),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state is consistent between statements; a panic elsewhere cannot tear it.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Announces a request before it preprocesses, so that a leader waits for its input.
+    pub fn enter(&self) -> Ticket<'_> {
+        self.lock().preparing += 1;
+        Ticket {
+            batcher: self,
+            queued: false,
+        }
+    }
+
+    /// Queues `input` (batch first, at most `max_batch` rows) and returns this request's rows of
+    /// the output. `forward` runs one batch; whichever request leads calls it for everyone.
+    pub fn run(
+        &self,
+        mut ticket: Ticket<'_>,
+        input: tch::Tensor,
+        forward: impl Fn(&tch::Tensor) -> Result<TensorData>,
+    ) -> Result<(TensorData, Batched)> {
+        let rows = input.size().first().map_or(1, |&n| n.max(1) as usize);
+        let mut state = self.lock();
+        ticket.queued = true;
+        state.preparing -= 1;
+        let id = state.next_id;
+        state.next_id += 1;
+        state.queue.push_back(Job {
+            id,
+            input,
+            rows,
+            queued: Instant::now(),
+        });
+        self.changed.notify_all();
+        loop {
+            if let Some(result) = state.done.remove(&id) {
+                return result;
+            }
+            if state.gathering || state.running || state.queue.is_empty() {
+                state = self.wait(state, None);
+                continue;
+            }
+            state.gathering = true;
+            let deadline = Instant::now() + self.max_delay;
+            while state.preparing > 0 && self.queued_rows(&state) < self.max_batch {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                state = self.wait(state, Some(deadline - now));
+            }
+            let batch = self.take_batch(&mut state);
+            state.gathering = false;
+            state.running = true;
+            drop(state);
+            let results = run_batch(batch, &forward);
+            state = self.lock();
+            state.running = false;
+            state.done.extend(results);
+            self.changed.notify_all();
+        }
+    }
+
+    fn wait<'a>(
+        &self,
+        state: MutexGuard<'a, State>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, State> {
+        match timeout {
+            Some(timeout) => {
+                let (state, _) = self
+                    .changed
+                    .wait_timeout(state, timeout)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                state
+            }
+            None => self
+                .changed
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        }
+    }
+
+    fn queued_rows(&self, state: &State) -> usize {
+        state.queue.iter().map(|job| job.rows).sum()
+    }
+
+    /// The longest prefix of the queue that fits `max_batch` rows (at least its first job).
+    fn take_batch(&self, state: &mut State) -> Vec<Job> {
+        let mut batch = Vec::new();
+        let mut rows = 0;
+        while let Some(job) = state.queue.front() {
+            if !batch.is_empty() && rows + job.rows > self.max_batch {
+                break;
+            }
+            rows += job.rows;
+            batch.extend(state.queue.pop_front());
+        }
+        batch
+    }
+}
+
+/// Runs `jobs` as one forward pass and splits the output by rows; if a batch of several fails,
+/// runs each job alone, so that a failure stays with the request that causes it.
+fn run_batch(
+    jobs: Vec<Job>,
+    forward: &impl Fn(&tch::Tensor) -> Result<TensorData>,
+) -> Vec<(u64, Result<(TensorData, Batched)>)> {
+    let started = Instant::now();
+    let batch_size: usize = jobs.iter().map(|job| job.rows).sum();
+    let batched = |job: &Job, batch_size| Batched {
+        queue_ms: (started - job.queued).as_secs_f64() * 1e3,
+        batch_size,
+    };
+    if let [job] = &jobs[..] {
+        let result = forward(&job.input).map(|output| (output, batched(job, job.rows)));
+        return vec![(job.id, result)];
+    }
+    let inputs: Vec<&tch::Tensor> = jobs.iter().map(|job| &job.input).collect();
+    let output = tch::Tensor::f_cat(&inputs, 0)
+        .map_err(|err| Error::internal("batch", err))
+        .and_then(|batch| forward(&batch))
+        .and_then(|output| {
+            let rows: Vec<usize> = jobs.iter().map(|job| job.rows).collect();
+            output.split_rows(&rows)
+        });
+    match output {
+        Ok(parts) => jobs
+            .iter()
+            .zip(parts)
+            .map(|(job, part)| (job.id, Ok((part, batched(job, batch_size)))))
+            .collect(),
+        Err(_) => jobs
+            .iter()
+            .map(|job| {
+                let result = forward(&job.input).map(|output| (output, batched(job, job.rows)));
+                (job.id, result)
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::Elements;
+
+    fn doubled(input: &tch::Tensor) -> Result<TensorData> {
+        let output = input
+            .f_mul_scalar(2)
+            .map_err(|err| Error::internal("test", err))?;
+        TensorData::from_torch(&output)?.ok_or_else(|| Error::internal("test", "dtype"))
+    }
+
+    fn row(value: f32) -> tch::Tensor {
+        tch::Tensor::from_slice(&[value, value + 0.5]).reshape([1, 2])
+    }
+
+    #[test]
+    fn a_lone_request_runs_at_once() -> Result<()> {
+        let batcher = Batcher::new(8, Duration::from_secs(10));
+        let started = Instant::now();
+        let (output, batched) = batcher.run(batcher.enter(), row(1.0), doubled)?;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "it waited for nobody"
+        );
+        assert_eq!(output.elements, Elements::Float32(vec![2.0, 3.0]));
+        assert_eq!(batched.batch_size, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn concurrent_requests_share_batches_and_get_their_own_rows() {
+        let batcher = Batcher::new(4, Duration::from_millis(200));
+        let sizes = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..12)
+                .map(|i| {
+                    let batcher = &batcher;
+                    s.spawn(move || {
+                        let ticket = batcher.enter();
+                        std::thread::sleep(Duration::from_millis(5 * (i % 3)));
+                        let (output, batched) =
+                            batcher.run(ticket, row(i as f32), doubled).expect("answer");
+                        let value = i as f32 * 2.0;
+                        assert_eq!(output.elements, Elements::Float32(vec![value, value + 1.0]));
+                        assert_eq!(output.shape, vec![1, 2]);
+                        batched.batch_size
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("no panic"))
+                .collect::<Vec<_>>()
+        });
+        assert!(sizes.iter().all(|&n| (1..=4).contains(&n)), "{sizes:?}");
+        assert!(sizes.iter().any(|&n| n > 1), "no batch formed: {sizes:?}");
+    }
+
+    #[test]
+    fn a_failing_input_fails_only_its_own_request() {
+        let batcher = Batcher::new(8, Duration::from_millis(100));
+        // The "model" refuses rows holding a negative number.
+        let picky = |input: &tch::Tensor| -> Result<TensorData> {
+            let negative = input
+                .f_lt(0)
+                .and_then(|t| t.f_any())
+                .map_err(|err| Error::internal("test", err))?;
+            if bool::try_from(negative).unwrap_or(true) {
+                return Err(Error::inference("picky", "negative input"));
+            }
+            doubled(input)
+        };
+        let results = std::thread::scope(|s| {
+            let handles: Vec<_> = [1.0f32, -1.0, 2.0, 3.0]
+                .into_iter()
+                .map(|value| {
+                    let batcher = &batcher;
+                    s.spawn(move || batcher.run(batcher.enter(), row(value), picky).is_ok())
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("no panic"))
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(results, vec![true, false, true, true]);
+    }
+
+    #[test]
+    fn a_request_that_never_queues_is_not_waited_for() -> Result<()> {
+        let batcher = Batcher::new(8, Duration::from_secs(30));
+        let abandoned = batcher.enter();
+        std::thread::scope(|s| {
+            let waiting = s.spawn(|| batcher.run(batcher.enter(), row(1.0), doubled));
+            std::thread::sleep(Duration::from_millis(50));
+            drop(abandoned); // its input failed to preprocess
+            let (_, batched) = waiting.join().expect("no panic")?;
+            assert_eq!(batched.batch_size, 1);
+            Ok(())
+        })
+    }
+}
