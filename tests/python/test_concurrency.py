@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from bench.runtime_api import RuntimeAPI, RuntimeFailure
 
 CONCURRENCY = 16
-REQUESTS = 480
+REQUESTS = 2000
 
 
 @pytest.fixture(scope="module")
