@@ -34,6 +34,11 @@ README = REPO / "README.md"
 MOUNT = "/mnt/efs"
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # design.md: the EFS tree
 FUNCTIONS = ["PythonFunction", "NativeFunction"]
+#: The native handler on Lambda Managed Instances, deployed only with ManagedInstances=true.
+MANAGED = "NativeManagedFunction"
+#: Where the Managed Instances image holds the tree (README, "Lambda Managed Instances").
+IMAGE_TREE = "/opt/lambdatorch"
+IMAGE_URI = "123456789012.dkr.ecr.us-east-1.amazonaws.com/lambdatorch:1"
 NFS = ("tcp", 2049, 2049)
 
 
@@ -156,6 +161,8 @@ def sam_transform(template: dict[str, Any], **parameters: str) -> dict[str, Any]
 
     document = copy.deepcopy(template)
     for name, resource in resources_of(document, "AWS::Serverless::Function").items():
+        if resource["Properties"].get("PackageType") == "Image":
+            continue  # an image is already in ECR: ImageUri is a parameter
         # What `sam deploy` does first: upload CodeUri and put its S3 location in its place.
         resource["Properties"]["CodeUri"] = f"s3://sam-artifacts/{name}.zip"
     return transform(document, parameters, NoManagedPolicies())  # type: ignore[arg-type]
@@ -171,6 +178,12 @@ PARAMETER_SETS = {
         "AvailabilityZoneA": "us-east-1c",
         "AvailabilityZoneB": "us-east-1d",
         "PreloadModels": "",
+    },
+    "managed-instances": {
+        "ManagedInstances": "true",
+        "ManagedImageUri": IMAGE_URI,
+        "FunctionUrlAuthType": "NONE",
+        "ManagedMaxConcurrency": "32",
     },
 }
 
@@ -199,7 +212,7 @@ def test_function_urls_and_their_public_permissions_belong_to_the_alias(
     transformed: dict[str, Any],
 ) -> None:
     resources = transformed["Resources"]
-    for name in FUNCTIONS:
+    for name in [*FUNCTIONS, MANAGED]:
         alias = ref(f"{name}Aliaslive")
         assert resources[f"{name}Url"]["Properties"]["TargetFunctionArn"] == alias
         assert resources[f"{name}Url"]["Properties"]["AuthType"] == ref("FunctionUrlAuthType")
@@ -209,7 +222,10 @@ def test_function_urls_and_their_public_permissions_belong_to_the_alias(
             assert resources[key]["Properties"]["FunctionName"] == alias, key
     # SAM adds no permissions of its own when AuthType is a parameter: ours are the only ones.
     permissions = [n for n, r in resources.items() if r["Type"] == "AWS::Lambda::Permission"]
-    assert len(permissions) == 4, permissions
+    assert len(permissions) == 6, permissions
+    for name in permissions:
+        managed = name.startswith(MANAGED.removesuffix("Function"))
+        assert resources[name]["Condition"] == ("PublicManagedUrl" if managed else "PublicUrls")
 
 
 def test_every_parameter_that_shapes_a_version_publishes_a_new_one(
@@ -255,7 +271,7 @@ def test_is_a_sam_template(template: dict[str, Any]) -> None:
     assert "AWS::Serverless-2016-10-31" in (
         transform if isinstance(transform, list) else [transform]
     )
-    assert set(resources_of(template, "AWS::Serverless::Function")) == set(FUNCTIONS)
+    assert set(resources_of(template, "AWS::Serverless::Function")) == {*FUNCTIONS, MANAGED}
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
@@ -777,6 +793,178 @@ def test_outputs(template: dict[str, Any]) -> None:
     assert outputs["ArtifactsBucketName"] == {
         "Fn::If": ["CreateArtifactsBucket", ref("ArtifactsBucket"), ref("ArtifactsBucketName")]
     }
+
+
+# --- Lambda Managed Instances (ManagedInstances=true) ---------------------------------------------
+
+
+def condition_value(template: dict[str, Any], name: str, parameters: dict[str, str]) -> bool:
+    """A named condition of the template, evaluated for the given (else default) parameters."""
+
+    def value(expr: Any) -> Any:
+        if isinstance(expr, dict) and "Ref" in expr:
+            return parameters.get(expr["Ref"], str(template["Parameters"][expr["Ref"]]["Default"]))
+        if isinstance(expr, dict) and "Condition" in expr:
+            return condition_value(template, expr["Condition"], parameters)
+        if isinstance(expr, dict):
+            ((op, args),) = expr.items()
+            if op == "Fn::Equals":
+                return str(value(args[0])) == str(value(args[1]))
+            if op == "Fn::Not":
+                return not value(args[0])
+            if op == "Fn::And":
+                return all(value(a) for a in args)
+            if op == "Fn::Or":
+                return any(value(a) for a in args)
+            raise AssertionError(f"condition function {op} not understood")
+        return expr
+
+    return bool(value(template["Conditions"][name]))
+
+
+def names_in(value: Any) -> set[str]:
+    """Every resource or parameter a ``Ref``, ``Fn::GetAtt`` or ``${...}`` names (``X.Alias``
+    and ``X.Arn`` count as ``X``)."""
+    found = {n.split(".")[0] for n in refs_in(value)}
+    if isinstance(value, dict):
+        target = get_att(value)
+        if target:
+            found.add(target[0])
+        return found.union(*(names_in(v) for v in value.values()))
+    if isinstance(value, list):
+        return found.union(*(names_in(v) for v in value))
+    return found
+
+
+def test_default_stack_gets_nothing_of_the_managed_instances_variant(
+    template: dict[str, Any], aws_offline: None
+) -> None:
+    """With the default parameters, every resource and output the variant adds is switched off,
+    and nothing that stays refers to one of them: the default stack is the EFS stack as before."""
+    assert template["Parameters"]["ManagedInstances"]["Default"] == "false"
+    transformed = sam_transform(template)
+    variant = {"WithManagedInstances", "PublicManagedUrl"}
+    for section in ("Resources", "Outputs"):
+        items = transformed[section]
+        added = {n for n, r in items.items() if r.get("Condition") in variant}
+        for name in added:
+            assert not condition_value(template, items[name]["Condition"], {}), name
+        for name, item in items.items():
+            if name not in added:
+                uses = names_in(item) | set(item.get("DependsOn", []))
+                assert not uses & added, (name, uses & added)
+        if section == "Resources":
+            assert {MANAGED, "CapacityProvider", "PrivateSubnetC"} <= added
+    managed = transformed["Resources"][MANAGED]
+    assert managed["Condition"] == "WithManagedInstances"
+    for name in FUNCTIONS:
+        assert "CapacityProviderConfig" not in transformed["Resources"][name]["Properties"]
+
+
+def test_managed_function_reads_the_tree_from_its_image(template: dict[str, Any]) -> None:
+    """Managed Instances functions take no VpcConfig (their network is the capacity provider's),
+    and no AWS page says they can mount EFS: the tree comes in the image instead."""
+    properties = function(template, MANAGED)
+    assert template["Resources"][MANAGED]["Condition"] == "WithManagedInstances"
+    assert properties["PackageType"] == "Image"
+    assert properties["ImageUri"] == ref("ManagedImageUri")
+    for absent in ("VpcConfig", "FileSystemConfigs", "CodeUri", "Runtime", "Handler"):
+        assert absent not in properties, absent
+    assert env(properties)["LAMBDATORCH_MODELS"] == f"{IMAGE_TREE}/models"
+    assert env(properties)["LAMBDATORCH_LIBTORCH"] == f"{IMAGE_TREE}/python/torch/lib"
+    assert properties["AutoPublishAlias"] == "live"  # Managed Instances run published versions
+    assert (
+        properties["Architectures"]
+        == props(template, "CapacityProvider")["InstanceRequirements"]["Architectures"]
+    )
+    config = properties["CapacityProviderConfig"]
+    assert get_att(config["Arn"]) == ("CapacityProvider", "Arn")
+    assert config["ExecutionEnvironmentMemoryGiBPerVCpu"] == ref("ManagedMemoryGiBPerVCpu")
+    assert config["PerExecutionEnvironmentMaxConcurrency"] == {
+        "Fn::If": ["HasManagedMaxConcurrency", ref("ManagedMaxConcurrency"), ref("AWS::NoValue")]
+    }
+    params = template["Parameters"]
+    memory = params["ManagedMemorySize"]
+    assert properties["MemorySize"] == ref("ManagedMemorySize")
+    assert (memory["MinValue"], memory["MaxValue"]) == (2048, 32768)
+    assert params["ManagedMemoryGiBPerVCpu"]["AllowedValues"] == [2, 4, 8]
+    concurrency = params["ManagedMaxConcurrency"]
+    assert [concurrency[k] for k in ("Default", "MinValue", "MaxValue")] == [0, 0, 1600]
+    assert re.fullmatch(params["ManagedImageUri"]["AllowedPattern"], IMAGE_URI)
+    assert re.fullmatch(params["ManagedImageUri"]["AllowedPattern"], "")
+    assert not re.fullmatch(params["ManagedImageUri"]["AllowedPattern"], "lambdatorch:latest")
+    # Every parameter its versions are made of is in their description (see above).
+    unversioned = (
+        "Role",
+        "FunctionUrlConfig",
+        "ReservedConcurrentExecutions",
+        "VersionDescription",
+    )
+    shaping = refs_in({k: v for k, v in properties.items() if k not in unversioned})
+    assert shaping & set(params) <= refs_in(properties["VersionDescription"])
+
+
+def test_managed_instances_need_their_image(template: dict[str, Any]) -> None:
+    (rule_,) = template["Rules"].values()
+    assert rule_["RuleCondition"] == {"Fn::Equals": [ref("ManagedInstances"), "true"]}
+    (assertion,) = rule_["Assertions"]
+    assert assertion["Assert"] == {"Fn::Not": [{"Fn::Equals": [ref("ManagedImageUri"), ""]}]}
+
+
+def test_capacity_provider_spans_three_azs_with_no_way_in_and_logs_out_only(
+    template: dict[str, Any],
+) -> None:
+    provider = props(template, "CapacityProvider")
+    subnets = [s["Ref"] for s in provider["VpcConfig"]["SubnetIds"]]
+    assert subnets == ["PrivateSubnetA", "PrivateSubnetB", "PrivateSubnetC"]
+    azs = {json.dumps(props(template, s)["AvailabilityZone"]) for s in subnets}
+    assert len(azs) == 3
+    # Its third subnet shares the private route table: no route out, as the others.
+    (association,) = [
+        a["Properties"]
+        for a in resources_of(template, "AWS::EC2::SubnetRouteTableAssociation").values()
+        if a["Properties"]["SubnetId"] == ref("PrivateSubnetC")
+    ]
+    assert association["RouteTableId"] == ref("PrivateRouteTable")
+    cidrs = [json.dumps(props(template, s)["CidrBlock"]) for s in [*subnets, "LoaderSubnet"]]
+    assert len(set(cidrs)) == 4
+    (group_ref,) = provider["VpcConfig"]["SecurityGroupIds"]
+    group = props(template, group_ref["Ref"])
+    assert "SecurityGroupIngress" not in group
+    (egress,) = group["SecurityGroupEgress"]
+    assert rule(egress) == ("tcp", 443, 443)
+    assert egress["DestinationSecurityGroupId"] == ref("LogsEndpointSecurityGroup")
+    endpoint = props(template, "LogsEndpoint")
+    assert endpoint["ServiceName"] == {"Fn::Sub": "com.amazonaws.${AWS::Region}.logs"}
+    assert endpoint["SubnetIds"] == provider["VpcConfig"]["SubnetIds"]
+    role = props(template, "CapacityProviderOperatorRole")
+    assert get_att(provider["PermissionsConfig"]["CapacityProviderOperatorRoleArn"]) == (
+        "CapacityProviderOperatorRole",
+        "Arn",
+    )
+    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
+        "Service": "lambda.amazonaws.com"
+    }
+    operator = "arn:${AWS::Partition}:iam::aws:policy/AWSLambdaManagedEC2ResourceOperator"
+    assert role["ManagedPolicyArns"] == [{"Fn::Sub": operator}]
+    assert provider["CapacityProviderScalingConfig"]["MaxVCpuCount"] == ref("ManagedMaxVCpuCount")
+
+
+def test_transformed_managed_function_is_a_managed_instances_function(
+    template: dict[str, Any], aws_offline: None
+) -> None:
+    parameters = PARAMETER_SETS["managed-instances"]
+    resources = sam_transform(template, **parameters)["Resources"]
+    properties = resources[MANAGED]["Properties"]
+    config = properties["CapacityProviderConfig"]["LambdaManagedInstancesCapacityProviderConfig"]
+    assert get_att(config["CapacityProviderArn"]) == ("CapacityProvider", "Arn")
+    assert "VpcConfig" not in properties and "FileSystemConfigs" not in properties
+    assert properties["Code"] == {"ImageUri": IMAGE_URI}
+    assert resources[f"{MANAGED}Aliaslive"]["Type"] == "AWS::Lambda::Alias"
+    for name in FUNCTIONS:  # the EFS functions are there too, unchanged
+        assert resources[name]["Properties"]["FileSystemConfigs"]
+    assert condition_value(template, "PublicManagedUrl", parameters)
+    assert not condition_value(template, "PublicManagedUrl", {"ManagedInstances": "true"})
 
 
 # --- the README's commands against the template ---------------------------------------------------
