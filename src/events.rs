@@ -21,7 +21,7 @@ use serde_json::Value;
 use crate::error::{contain, Error, Result};
 use crate::limits::Limits;
 use crate::service::{Payload, Request, Response, Service};
-use crate::tensor::{element_count, Scalar};
+use crate::tensor::{check_fills, Scalar};
 
 /// Where an event came from; decides the response shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -423,14 +423,7 @@ fn parse_direct(event: Value, limits: &Limits) -> Result<Request> {
                 Payload::Images(images)
             }
             (None, None, Some(TensorRequest { shape, data })) => {
-                let expected = element_count(&shape);
-                if expected != Some(data.len()) {
-                    return Err(Error::invalid_input(format!(
-                        "tensor shape {shape:?} needs {} elements, got {}",
-                        expected.map_or_else(|| "too many".to_owned(), |n| n.to_string()),
-                        data.len()
-                    )));
-                }
+                check_fills(&shape, data.len())?;
                 Payload::Tensor { shape, data }
             }
             (None, None, None) => return Err(Error::invalid_input(

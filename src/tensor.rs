@@ -163,17 +163,22 @@ pub fn element_count(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
 
+/// `InvalidInput` unless `len` elements fill `shape` exactly.
+pub fn check_fills(shape: &[usize], len: usize) -> Result<()> {
+    let expected = element_count(shape);
+    if expected != Some(len) {
+        return Err(Error::invalid_input(format!(
+            "tensor shape {shape:?} needs {} elements, got {len}",
+            expected.map_or_else(|| "too many".to_owned(), |n| n.to_string()),
+        )));
+    }
+    Ok(())
+}
+
 impl TensorData {
     /// Checks that `elements` fill `shape`.
     pub fn new(shape: Vec<usize>, elements: Elements) -> Result<Self> {
-        let expected = element_count(&shape);
-        if expected != Some(elements.len()) {
-            return Err(Error::invalid_input(format!(
-                "tensor shape {shape:?} needs {} elements, got {}",
-                expected.map_or_else(|| "too many".to_owned(), |n| n.to_string()),
-                elements.len()
-            )));
-        }
+        check_fills(&shape, elements.len())?;
         Ok(TensorData { shape, elements })
     }
 
