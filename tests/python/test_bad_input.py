@@ -284,3 +284,14 @@ def test_model_file_checks(lt, tmp_path):
     os.symlink(outside / "model.pt", escaping / "model.pt")
     with pytest.raises(lt.ManifestError, match="outside the model directory"):
         lt.load(escaping)
+
+
+def test_the_error_survives_a_broken_exception_module(lt, healthy, monkeypatch):
+    """If the exception class cannot be looked up, the error still reaches the caller: as a
+    RuntimeError naming its type, with the failed lookup as its cause."""
+    import lambdatorch.errors
+
+    monkeypatch.delattr(lambdatorch.errors, "InvalidImage")
+    with pytest.raises(RuntimeError, match=r"^InvalidImage: .*unrecognized image format") as info:
+        healthy.predict(b"not an image")
+    assert isinstance(info.value.__cause__, AttributeError)
