@@ -9,6 +9,10 @@ Layout::
     target/fixtures/
       models/<name>/        manifest.json, model.pt, labels.txt (as the EFS tree has them)
       images/*.jpg|png|...  test images
+      aoti/<name>.pt2       AOTInductor packages of small models (compiled for AVX2)
+      aoti/models/<name>/   the same, unpacked by add-model's code, with manifests (a root of
+                            their own, so the TorchScript tests' model lists stay as they are)
+      aoti/<name>.npz       inputs and ExportedProgram.module()'s outputs on them
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 #: The manifest presets of ``lambdatorch add-model`` and ``export``, read from the source tree (by
 #: path: fixtures are made before the wheel is built and installed).
 PRESETS = runpy.run_path(str(REPO / "python" / "lambdatorch" / "_manifests.py"))["PRESETS"]
+#: add-model's unpacking and digest of AOTInductor packages, read the same way.
+AOTI = runpy.run_path(str(REPO / "python" / "lambdatorch" / "_aoti.py"))
 
 #: Real photos shipped inside scikit-image (file name -> loader).
 PHOTOS = {
@@ -295,6 +301,124 @@ def make_dtype_models(root: Path) -> None:
     )
 
 
+class MLP(torch.nn.Module):
+    """A small MLP over 4 features, for tensor-input AOTInductor packages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def write_aoti(
+    out: Path,
+    name: str,
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    manifest: dict,
+    inputs: list[torch.Tensor],
+    dynamic: bool = True,
+    link_libtorch: bool = True,
+) -> None:
+    """Export ``module`` with the standard calls (torch.export with a dynamic batch dimension,
+    AOTInductor with freezing, AVX2; with ``link_libtorch=False`` as lambdatorch export does,
+    a model library that does not need libtorch.so), write ``out/name.pt2``, unpack it into
+    ``out/models/name/package`` with a manifest, and save ``inputs`` with the exported program's
+    outputs on them in ``out/name.npz``."""
+    import os
+
+    module.eval()
+    shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic else None
+    program = torch.export.export(module, (example,), dynamic_shapes=shapes)
+    os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
+    archive = out / f"{name}.pt2"
+    with torch.no_grad():
+        torch._inductor.aoti_compile_and_package(
+            program,
+            package_path=str(archive),
+            inductor_configs={"freezing": True, "aot_inductor.link_libtorch": link_libtorch},
+        )
+    del os.environ["ATEN_CPU_CAPABILITY"]
+    model = out / "models" / name
+    model.mkdir(parents=True)
+    AOTI["unpack"](archive, model / "package")
+    head = {
+        "format": "aoti",
+        "file": "package",
+        "cpu_isa": AOTI["cpu_isa"](model / "package"),
+        "sha256": AOTI["tree_sha256"](model / "package"),
+    }
+    (model / "manifest.json").write_text(json.dumps({**head, **manifest}, indent=2) + "\n")
+    reference = {}
+    with torch.no_grad():
+        for i, x in enumerate(inputs):
+            reference[f"input{i}"] = x.numpy()
+            reference[f"output{i}"] = program.module()(x).numpy()
+    np.savez(out / f"{name}.npz", **reference)
+
+
+def make_aoti_models(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    image_input = {k: v for k, v in PRESETS["imagenet"]["input"].items() if k != "decode"}
+    write_aoti(
+        out,
+        "aoti_tiny",
+        TinyNet(),
+        torch.randn(2, 3, 224, 224),
+        {
+            "input": image_input,
+            "output": {
+                "type": "classification",
+                "labels": [
+                    "zero",
+                    "one",
+                    "two",
+                    "three",
+                    "four",
+                    "five",
+                    "six",
+                    "seven",
+                    "eight",
+                    "nine",
+                ],
+                "top_k": 3,
+            },
+            "max_batch": 4,
+        },
+        [torch.randn(1, 3, 224, 224), torch.randn(3, 3, 224, 224)],
+        link_libtorch=False,
+    )
+    write_aoti(
+        out,
+        "aoti_mlp",
+        MLP(),
+        torch.randn(2, 4),
+        {
+            "input": {"type": "tensor", "shape": [-1, 4], "dtype": "float32"},
+            "output": {"type": "raw"},
+        },
+        [torch.randn(1, 4), torch.randn(5, 4)],
+    )
+    write_aoti(
+        out,
+        "aoti_static",
+        MLP(),
+        torch.randn(2, 4),
+        {
+            "input": {"type": "tensor", "shape": [-1, 4], "dtype": "float32"},
+            "output": {"type": "raw"},
+            "max_batch": 2,
+        },
+        [torch.randn(2, 4)],
+        dynamic=False,
+    )
+
+
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "target/fixtures")
     if out.exists():
@@ -302,6 +426,7 @@ def main() -> None:
     make_models(out / "models")
     make_dtype_models(out / "models")
     make_images(out / "images")
+    make_aoti_models(out / "aoti")
     print(f"fixtures written to {out}")
 
 

@@ -22,9 +22,14 @@ pub struct Manifest {
     pub format: Format,
     /// The model file, relative to the model directory.
     pub file: String,
-    /// Hex SHA-256 of `file`; when present the file is verified before loading.
+    /// Hex SHA-256 of `file`; when present the file is verified before loading. For an
+    /// AOTInductor package directory, the digest of its files (see [`crate::model::tree_sha256`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// `aoti` only: the vector ISA the package was compiled for, as its metadata's
+    /// `AOTI_CPU_ISA` says (`"AVX2"`); when given, the package must say the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_isa: Option<String>,
     /// What the model takes.
     pub input: Input,
     /// What the model returns and how to present it.
@@ -57,6 +62,8 @@ struct RawManifest {
     file: String,
     #[serde(default)]
     sha256: Option<String>,
+    #[serde(default)]
+    cpu_isa: Option<String>,
     input: serde_json::Value,
     #[serde(default)]
     output: Option<serde_json::Value>,
@@ -84,6 +91,9 @@ fn default_true() -> bool {
 pub enum Format {
     /// `torch.jit.save` output, loaded with libtorch's `torch::jit::load`.
     Torchscript,
+    /// An AOTInductor package (`torch._inductor.aoti_compile_and_package`), unpacked: `file` is
+    /// its top directory, loaded in place by libtorch's `AOTIModelPackageLoader`.
+    Aoti,
 }
 
 /// The model's input.
@@ -377,6 +387,7 @@ impl Manifest {
             format: raw.format,
             file: raw.file,
             sha256: raw.sha256,
+            cpu_isa: raw.cpu_isa,
             input,
             output,
             max_batch: raw.max_batch,
@@ -414,6 +425,12 @@ impl Manifest {
             if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return bad("sha256", format!("expected 64 hex digits, got {digest:?}"));
             }
+        }
+        if self.cpu_isa.is_some() && self.format != Format::Aoti {
+            return bad(
+                "cpu_isa",
+                "only applies to \"format\": \"aoti\"; remove it".into(),
+            );
         }
         if let Some(batching) = &self.batching {
             if batching.max_delay_ms > 1000 {
@@ -522,7 +539,7 @@ pub struct ModelDir {
     pub manifest_path: PathBuf,
     /// The parsed manifest.
     pub manifest: Manifest,
-    /// The model file, canonical and inside `dir`.
+    /// The model file (for `aoti`, the unpacked package directory), canonical and inside `dir`.
     pub model_file: PathBuf,
     /// Class labels, when the manifest gives them.
     pub labels: Option<Vec<String>>,
@@ -555,7 +572,11 @@ impl ModelDir {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let manifest = Manifest::read(&manifest_path)?;
-        let model_file = resolve_inside(&dir, &manifest.file, &manifest_path, "file")?;
+        let kind = match manifest.format {
+            Format::Torchscript => Kind::File,
+            Format::Aoti => Kind::Directory,
+        };
+        let model_file = resolve_inside(&dir, &manifest.file, &manifest_path, "file", kind)?;
         let labels = match &manifest.output {
             Output::Classification(ClassificationOutput {
                 labels: Some(labels),
@@ -563,7 +584,8 @@ impl ModelDir {
             }) => Some(match labels {
                 Labels::List(list) => list.clone(),
                 Labels::File(file) => {
-                    let path = resolve_inside(&dir, file, &manifest_path, "output.labels")?;
+                    let path =
+                        resolve_inside(&dir, file, &manifest_path, "output.labels", Kind::File)?;
                     read_labels(&path, &manifest_path)?
                 }
             }),
@@ -580,9 +602,22 @@ impl ModelDir {
     }
 }
 
+/// What a manifest field names.
+#[derive(Clone, Copy)]
+enum Kind {
+    File,
+    Directory,
+}
+
 /// Resolves `relative` inside `dir`, refusing anything (`..`, absolute paths, symlinks) that lands
 /// outside it.
-fn resolve_inside(dir: &Path, relative: &str, manifest: &Path, field: &str) -> Result<PathBuf> {
+fn resolve_inside(
+    dir: &Path,
+    relative: &str,
+    manifest: &Path,
+    field: &str,
+    kind: Kind,
+) -> Result<PathBuf> {
     let outside = || {
         Error::manifest(
             manifest,
@@ -612,14 +647,22 @@ fn resolve_inside(dir: &Path, relative: &str, manifest: &Path, field: &str) -> R
     if !resolved.starts_with(dir) {
         return Err(outside());
     }
-    if !resolved.is_file() {
-        return Err(Error::manifest(
+    match kind {
+        Kind::File if !resolved.is_file() => Err(Error::manifest(
             manifest,
             field,
             format!("{relative:?} is not a file"),
-        ));
+        )),
+        Kind::Directory if !resolved.is_dir() || resolved == dir => Err(Error::manifest(
+            manifest,
+            field,
+            format!(
+                "{relative:?} is not a directory: an \"aoti\" model is the unpacked package \
+                 directory (lambdatorch add-model --file model.pt2 unpacks it)"
+            ),
+        )),
+        _ => Ok(resolved),
     }
-    Ok(resolved)
 }
 
 fn read_labels(path: &Path, manifest: &Path) -> Result<Vec<String>> {

@@ -15,13 +15,13 @@ use std::time::Instant;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::backend::{self, Backend};
+use crate::backend::{self, aoti, Backend, BatchSizes};
 use crate::batcher::{Batcher, Ticket};
 use crate::error::{Error, Result};
 use crate::image::ImageSource;
 use crate::input::InputPipeline;
 use crate::limits::Limits;
-use crate::manifest::{Manifest, ModelDir, Threads};
+use crate::manifest::{Format, Manifest, ModelDir, Threads};
 use crate::output::{OutputHead, Prediction};
 use crate::tensor::{Elements, TensorData};
 
@@ -94,25 +94,35 @@ impl std::fmt::Debug for Model {
 impl Model {
     /// Loads the model a [`ModelDir`] describes; `limits` bound what its requests may ask for.
     pub fn load(dir: ModelDir, limits: Limits) -> Result<Model> {
-        let file = verified_file(&dir)?;
         let threads = match dir.manifest.threads {
             Threads::Auto => usable_cpus(),
             Threads::Count(n) => n,
         };
         backend::set_threads(threads);
-        // The backend reads the file through `/proc/self/fd`: the file hashed is the file
-        // loaded (a replacement renamed into place meanwhile is not picked up), and the model's
-        // bytes are never held in memory beside the loaded module.
-        let opened = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        let backend = backend::load(dir.manifest.format, &opened).map_err(|message| {
+        let not_loadable = |message: String| {
             Error::manifest(
                 &dir.manifest_path,
                 "file",
                 format!("{}: {message}", dir.model_file.display()),
             )
-        })?;
-        drop(file);
-        let batcher = batcher_for(&dir.manifest)?;
+        };
+        let backend = match dir.manifest.format {
+            Format::Torchscript => {
+                let file = verified_file(&dir)?;
+                // The backend reads the file through `/proc/self/fd`: the file hashed is the
+                // file loaded (a replacement renamed into place meanwhile is not picked up), and
+                // the model's bytes are never held in memory beside the loaded module.
+                let opened = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+                backend::load(dir.manifest.format, &opened).map_err(not_loadable)?
+            }
+            Format::Aoti => {
+                verify_tree(&dir)?;
+                check_package(&dir)?;
+                backend::load(dir.manifest.format, &dir.model_file).map_err(not_loadable)?
+            }
+        };
+        check_batch_sizes(&dir, backend.batch_sizes())?;
+        let batcher = batcher_for(&dir.manifest, backend.batch_sizes())?;
         let model = Model {
             threads,
             batcher,
@@ -285,6 +295,14 @@ impl Model {
                 "a batch of {n} inputs is over this model's max_batch of {max}"
             )));
         }
+        if let BatchSizes::Exactly(size) = self.backend.batch_sizes() {
+            if n != size {
+                return Err(Error::invalid_input(format!(
+                    "this model was exported with a static batch of {size} and takes batches of \
+                     exactly {size} inputs, got {n}"
+                )));
+            }
+        }
         if n > self.limits.max_batch {
             return Err(Error::invalid_input(format!(
                 "a batch of {n} inputs is over the limit of {} (LAMBDATORCH_MAX_BATCH)",
@@ -368,7 +386,12 @@ impl Model {
     /// One inference on zeros of the input's shape, so libtorch's lazy initialisation (kernel
     /// selection, allocator pools) happens at load, not on the first request.
     fn warmup(&self) -> Result<()> {
-        let zeros = self.input.warmup_input()?;
+        let mut zeros = self.input.warmup_input()?;
+        if let BatchSizes::Exactly(size) = self.backend.batch_sizes() {
+            let mut shape = zeros.shape.clone();
+            shape[0] = size;
+            zeros = TensorData::zeros(shape, self.input.dtype())?;
+        }
         self.run(&zeros.to_torch()?).map_err(|err| match err {
             Error::Inference { model, message } => Error::Inference {
                 model,
@@ -388,8 +411,8 @@ static FORWARD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Whether batching is on: when Lambda sends concurrent requests (`AWS_LAMBDA_MAX_CONCURRENCY` above
 /// 1), when the manifest has `batching`, or when `LAMBDATORCH_BATCH_DELAY_MS` is set (which also
-/// overrides the manifest's delay).
-fn batcher_for(manifest: &Manifest) -> Result<Option<Batcher>> {
+/// overrides the manifest's delay). Off for a model that takes one batch size only.
+fn batcher_for(manifest: &Manifest, sizes: BatchSizes) -> Result<Option<Batcher>> {
     let env_delay = batching_delay()?;
     let concurrent = std::env::var("AWS_LAMBDA_MAX_CONCURRENCY")
         .ok()
@@ -397,7 +420,7 @@ fn batcher_for(manifest: &Manifest) -> Result<Option<Batcher>> {
         .is_some_and(|n| n > 1);
     let manifest_delay = manifest.batching.as_ref().map(|b| b.max_delay_ms);
     let on = concurrent || env_delay.is_some() || manifest_delay.is_some();
-    if !on {
+    if !on || matches!(sizes, BatchSizes::Exactly(_)) {
         return Ok(None);
     }
     let delay = env_delay.or(manifest_delay).unwrap_or(0);
@@ -453,6 +476,120 @@ fn verified_file(dir: &ModelDir) -> Result<File> {
         }
     }
     Ok(file)
+}
+
+/// Checks an AOTInductor package before any of its code is loaded: the vector ISA it was
+/// compiled for against the manifest's `cpu_isa` and against this CPU.
+fn check_package(dir: &ModelDir) -> Result<()> {
+    let bad = |field: &str, message: String| {
+        Error::manifest(
+            &dir.manifest_path,
+            field,
+            format!("{}: {message}", dir.model_file.display()),
+        )
+    };
+    let package = aoti::Package::inspect(&dir.model_file).map_err(|m| bad("file", m))?;
+    if let Some(recorded) = &dir.manifest.cpu_isa {
+        if !recorded.eq_ignore_ascii_case(&package.cpu_isa) {
+            return Err(bad(
+                "cpu_isa",
+                format!(
+                    "the manifest says the package was compiled for {recorded:?}, its metadata \
+                     says {:?}: the package was replaced; run add-model again",
+                    package.cpu_isa
+                ),
+            ));
+        }
+    }
+    package.check_cpu().map_err(|m| bad("cpu_isa", m))
+}
+
+/// Refuses a `max_batch` the model cannot serve (an AOTInductor package with a static batch
+/// dimension, or a dynamic one bounded below `max_batch`).
+fn check_batch_sizes(dir: &ModelDir, sizes: BatchSizes) -> Result<()> {
+    let max = dir.manifest.max_batch;
+    let message = match sizes {
+        BatchSizes::Exactly(n) if n != max => format!(
+            "the model was exported with a static batch dimension of {n} and serves batches of \
+             {n} only, but max_batch is {max}: set \"max_batch\": {n}, or export with a dynamic \
+             batch dimension (torch.export.Dim), as lambdatorch export does"
+        ),
+        BatchSizes::UpTo(n) if max > n => format!(
+            "the model was exported for batches of at most {n}, but max_batch is {max}: set \
+             \"max_batch\" to {n} or less"
+        ),
+        _ => return Ok(()),
+    };
+    Err(Error::manifest(&dir.manifest_path, "max_batch", message))
+}
+
+/// The digest an `aoti` manifest's `sha256` gives for a package directory: the SHA-256 of one
+/// line `<sha256 of the file>  <path relative to the directory>\n` per regular file, sorted by
+/// path (bytewise, `/`-separated), as `find . -type f | sort | sha256sum` lists them without
+/// the `./`. Symlinks and other special files in the package are refused.
+pub fn tree_sha256(root: &std::path::Path) -> std::io::Result<String> {
+    fn walk(
+        root: &std::path::Path,
+        dir: &std::path::Path,
+        out: &mut Vec<(String, PathBuf)>,
+    ) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                walk(root, &path, out)?;
+            } else if kind.is_file() {
+                let relative = path.strip_prefix(root).map_err(std::io::Error::other)?;
+                let name = relative
+                    .to_str()
+                    .ok_or_else(|| std::io::Error::other("a file name is not UTF-8"))?;
+                out.push((name.to_owned(), path));
+            } else {
+                return Err(std::io::Error::other(format!(
+                    "{} is a symlink or special file; a package holds regular files only",
+                    path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(root, root, &mut files)?;
+    files.sort();
+    let mut tree = Sha256::new();
+    for (name, path) in files {
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut File::open(&path)?, &mut hasher)?;
+        tree.update(format!("{:x}  {name}\n", hasher.finalize()));
+    }
+    Ok(format!("{:x}", tree.finalize()))
+}
+
+/// Checks an AOTInductor package directory against the manifest's `sha256`, when given.
+fn verify_tree(dir: &ModelDir) -> Result<()> {
+    let Some(expected) = &dir.manifest.sha256 else {
+        return Ok(());
+    };
+    let actual = tree_sha256(&dir.model_file).map_err(|err| {
+        Error::manifest(
+            &dir.manifest_path,
+            "file",
+            format!("cannot read {}: {err}", dir.model_file.display()),
+        )
+    })?;
+    if !actual.eq_ignore_ascii_case(expected) {
+        return Err(Error::manifest(
+            &dir.manifest_path,
+            "sha256",
+            format!(
+                "the package in {} has sha256 {actual}, the manifest says {expected}: a file \
+                 in it is corrupt, truncated, added or replaced; run add-model again",
+                dir.model_file.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The threads that decode and preprocess a batch's images in parallel: as many as the CPUs this

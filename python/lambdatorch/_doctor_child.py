@@ -55,12 +55,26 @@ def probe(models: list[str]) -> dict[str, Any]:
                 result["load_ms"] = (time.perf_counter() - start) * 1e3
                 spec = model.manifest["input"]
                 shape = input_shape(spec)
+                if model.manifest["format"] == "aoti":
+                    # Its ISA was checked against this CPU at load; shown on the ok line.
+                    result["cpu_isa"] = model.manifest.get("cpu_isa")
                 result["input_shape"] = shape
                 import numpy
 
                 x = numpy.zeros(shape, input_dtype(spec))
                 start = time.perf_counter()
-                y = model.forward(x)
+                try:
+                    y = model.forward(x)
+                except lambdatorch.InvalidInput as err:
+                    # An AOTInductor package exported with a static batch takes max_batch
+                    # inputs only (loading checked that the two agree).
+                    if "static batch" not in str(err):
+                        raise
+                    shape[0] = model.manifest["max_batch"]
+                    result["input_shape"] = shape
+                    x = numpy.zeros(shape, input_dtype(spec))
+                    start = time.perf_counter()
+                    y = model.forward(x)
                 result["inference_ms"] = (time.perf_counter() - start) * 1e3
                 result["output_shape"] = list(y.shape)
             except BaseException as err:

@@ -1,4 +1,5 @@
-"""Export a ``torch.nn.Module`` as a lambdatorch model directory: TorchScript file plus manifest.
+"""Export a ``torch.nn.Module`` as a lambdatorch model directory: a TorchScript file or an
+AOTInductor package (unpacked), plus manifest.
 
 This runs where the EFS tree is filled (an EC2 instance, a notebook), with Python torch installed;
 it is not needed on Lambda. torch is imported inside the functions, so ``import lambdatorch`` stays
@@ -37,6 +38,13 @@ PARITY_ATOL = 1e-4
 
 MODEL_FILE = "model.pt"
 LABELS_FILE = "labels.txt"
+#: The unpacked AOTInductor package inside the model directory (as ``add-model`` names it).
+AOTI_DIR = "package"
+#: ``--cpu`` choices and the ``ATEN_CPU_CAPABILITY`` each compiles with (``None``: this CPU's
+#: best). AVX2 is what every x86_64 Lambda host has; AVX-512 is not guaranteed.
+CPU_CAPABILITIES: dict[str, str | None] = {"avx2": "avx2", "avx512": "avx512", "native": None}
+#: The largest batch an AOTInductor export's dynamic batch dimension allows (``max_batch``'s).
+AOTI_MAX_BATCH = 1024
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,8 @@ def export(
     labels: Sequence[str] | str | os.PathLike[str] | None = None,
     method: str = "trace",
     optimize: bool = True,
+    format: str = "torchscript",
+    cpu: str = "avx2",
 ) -> Path:
     """Save ``module`` as a lambdatorch model directory and check it; returns the directory.
 
@@ -97,6 +107,8 @@ def export(
         labels=labels,
         method=method,
         optimize=optimize,
+        format=format,
+        cpu=cpu,
     ).path
 
 
@@ -112,9 +124,15 @@ def export_model(
     labels: Sequence[str] | str | os.PathLike[str] | None = None,
     method: str = "trace",
     optimize: bool = True,
+    format: str = "torchscript",
+    cpu: str = "avx2",
 ) -> ExportReport:
     """:func:`export`, returning what it wrote and the parity numbers."""
     torch = require_torch()
+    if format not in ("torchscript", "aoti"):
+        raise InvalidInput(f"format must be 'torchscript' or 'aoti', got {format!r}")
+    if cpu not in CPU_CAPABILITIES:
+        raise InvalidInput(f"cpu must be one of {', '.join(CPU_CAPABILITIES)}, got {cpu!r}")
     if method not in ("trace", "script"):
         raise InvalidInput(f"method must be 'trace' or 'script', got {method!r}")
     if not isinstance(module, torch.nn.Module):
@@ -156,10 +174,15 @@ def export_model(
                 f"the module returned {type(reference).__name__}; lambdatorch serves modules "
                 "whose forward returns one tensor"
             )
-        compiled = (
-            torch.jit.script(module) if method == "script" else torch.jit.trace(module, example)
-        )
-        final, optimized, optimization = _optimize(torch, compiled, example, optimize)
+        if format == "aoti":
+            program = _export_program(torch, module, example)
+            reference = program.module()(example)
+            final, optimized, optimization = program, True, f"AOTInductor, frozen, {cpu}"
+        else:
+            compiled = (
+                torch.jit.script(module) if method == "script" else torch.jit.trace(module, example)
+            )
+            final, optimized, optimization = _optimize(torch, compiled, example, optimize)
 
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -167,17 +190,26 @@ def export_model(
     # behind, and the check never meets a model cached from an earlier export to the same place.
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
-        with _quiet_jit():
-            torch.jit.save(final, str(staging / MODEL_FILE))
-        digest = sha256_of(staging / MODEL_FILE)
-        files = [MODEL_FILE, "manifest.json"]
+        if format == "aoti":
+            size, head = _save_aoti(torch, final, staging, cpu)
+            digest = head.pop("sha256")
+            files = [AOTI_DIR, "manifest.json"]
+        else:
+            with _quiet_jit():
+                torch.jit.save(final, str(staging / MODEL_FILE))
+            digest = sha256_of(staging / MODEL_FILE)
+            size = (staging / MODEL_FILE).stat().st_size
+            head = {"format": "torchscript", "file": MODEL_FILE}
+            files = [MODEL_FILE, "manifest.json"]
         if label_list is not None:
             (staging / LABELS_FILE).write_text("".join(f"{label}\n" for label in label_list))
             files.append(LABELS_FILE)
-        manifest = {"format": "torchscript", "file": MODEL_FILE, "sha256": digest, **manifest}
+        manifest = {**head, "sha256": digest, **manifest}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         output_shape, diff = _check(staging, example, reference)
         for file in files:
+            if (out / file).is_dir():
+                shutil.rmtree(out / file)
             os.replace(staging / file, out / file)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -189,8 +221,8 @@ def export_model(
         path=out,
         files=tuple(files),
         sha256=digest,
-        size=(out / MODEL_FILE).stat().st_size,
-        method="scripted" if method == "script" else "traced",
+        size=size,
+        method="aoti" if format == "aoti" else "scripted" if method == "script" else "traced",
         optimized=optimized,
         optimization=optimization,
         output_shape=output_shape,
@@ -223,6 +255,64 @@ def export_factory(
     torch.manual_seed(0)
     example = torch.randn(list(example_shape))
     return export_model(module, example, out_dir, **options)
+
+
+def _export_program(torch: Any, module: Any, example: Any) -> Any:
+    """``torch.export`` of ``module`` with a dynamic batch dimension. The export sees a batch of
+    at least 2 (a batch of 1 would be specialised to a constant)."""
+    traced = example if example.shape[0] >= 2 else torch.cat([example, example])
+    batch = torch.export.Dim("batch", min=1, max=AOTI_MAX_BATCH)
+    try:
+        return torch.export.export(module, (traced,), dynamic_shapes=({0: batch},))
+    except Exception as err:
+        raise InvalidInput(
+            f"torch.export failed on the module: {type(err).__name__}: {_first_line(err)}"
+        ) from err
+
+
+@contextmanager
+def _cpu_capability(cpu: str) -> Iterator[None]:
+    """Inductor compiles for ``ATEN_CPU_CAPABILITY`` when set, else for this CPU's best ISA."""
+    before = os.environ.get("ATEN_CPU_CAPABILITY")
+    wanted = CPU_CAPABILITIES[cpu]
+    if wanted is None:
+        os.environ.pop("ATEN_CPU_CAPABILITY", None)
+    else:
+        os.environ["ATEN_CPU_CAPABILITY"] = wanted
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("ATEN_CPU_CAPABILITY", None)
+        else:
+            os.environ["ATEN_CPU_CAPABILITY"] = before
+
+
+def _save_aoti(torch: Any, program: Any, staging: Path, cpu: str) -> tuple[int, dict[str, Any]]:
+    """Compiles ``program`` into a ``.pt2`` in ``staging``, unpacks it to ``staging/package``
+    and returns the archive's size and the manifest's head (format, file, cpu_isa, sha256)."""
+    from . import _aoti
+
+    archive = staging / "model.pt2"
+    # Not linked against libtorch.so: its symbols are all in libtorch_cpu.so, which both
+    # handlers have loaded, while PyPI's CUDA-enabled libtorch.so pulls libtorch_cuda.so and
+    # the CUDA runtime (hundreds of MB, hundreds of ms) into every cold start.
+    configs = {"freezing": True, "aot_inductor.link_libtorch": False}
+    with _cpu_capability(cpu), _quiet_jit(), torch.no_grad():
+        torch._inductor.aoti_compile_and_package(
+            program, package_path=str(archive), inductor_configs=configs
+        )
+    size = archive.stat().st_size
+    package = staging / AOTI_DIR
+    _aoti.unpack(archive, package)
+    archive.unlink()
+    head = {
+        "format": "aoti",
+        "file": AOTI_DIR,
+        "cpu_isa": _aoti.cpu_isa(package),
+        "sha256": _aoti.tree_sha256(package),
+    }
+    return size, head
 
 
 def require_torch() -> Any:

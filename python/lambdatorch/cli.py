@@ -22,11 +22,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from . import _aoti
 from ._doctor_child import MARK as _PROBE_MARK
 from ._libtorch import _FIX as _LIBTORCH_FIX
 from ._libtorch import LIBTORCH_VERSION, release, version_of
 from ._manifests import PRESETS, sha256_of
-from .errors import LambdaTorchError
+from .errors import LambdaTorchError, ManifestError
+
+#: Where ``add-model`` unpacks an AOTInductor package inside the model directory.
+AOTI_DIR = "package"
 
 
 class CommandError(Exception):
@@ -69,10 +73,22 @@ def add_model(args: argparse.Namespace) -> int:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        model_file = staging / ("model" + (source.suffix or ".pt"))
-        shutil.copyfile(source, model_file)
-        manifest.update({"format": "torchscript", "file": model_file.name})
-        manifest["sha256"] = sha256_of(model_file)
+        if source.suffix == ".pt2" or _aoti.is_package(source):
+            # Unpacked here, so that nothing is extracted at cold start (see _aoti).
+            package = staging / AOTI_DIR
+            try:
+                _aoti.unpack(source, package)
+                isa = _aoti.cpu_isa(package)
+                digest = _aoti.tree_sha256(package)
+            except _aoti.PackageError as err:
+                raise ManifestError(f"--file {source}: {err}") from err
+            manifest.update({"format": "aoti", "file": AOTI_DIR, "cpu_isa": isa})
+            manifest["sha256"] = digest
+        else:
+            model_file = staging / ("model" + (source.suffix or ".pt"))
+            shutil.copyfile(source, model_file)
+            manifest.update({"format": "torchscript", "file": model_file.name})
+            manifest["sha256"] = sha256_of(model_file)
         if args.labels:
             shutil.copyfile(args.labels, staging / "labels.txt")
             manifest.setdefault("output", {"type": "classification"})["labels"] = "labels.txt"
@@ -266,6 +282,15 @@ def _model_fix(root: Path, entry: Path, error: dict[str, Any]) -> str:
         )
     if "not a loadable TorchScript model" in message:
         return f"save it again with torch.jit.save (or lambdatorch export), then {add_again}"
+    if "CPU ISA" in message:
+        return (
+            f"export it again for this CPU (lambdatorch export --format aoti --cpu avx2), then "
+            f"lambdatorch add-model {entry.name} --file model.pt2 --root {root} --force"
+        )
+    if "AOTInductor package" in message or "a file in it is corrupt" in message:
+        return f"add the package again: lambdatorch add-model {entry.name} --file model.pt2 " + (
+            f"--root {root} --force"
+        )
     if kind == "ManifestError":
         return f"correct the field the message names in {entry / 'manifest.json'}"
     if kind in ("InferenceError", "InvalidInput"):
@@ -300,12 +325,14 @@ def _model_check(
     if error is not None:
         problem = f"{error['type']}: {one_line(str(error['message']))}"
         return Check(name, False, problem, _model_fix(root, entry, error))
+    isa = result.get("cpu_isa")
     return Check(
         name,
         True,
         f"loaded in {result['load_ms']:.0f} ms, inference {result['inference_ms']:.1f} ms "
         f"({'x'.join(map(str, result['input_shape']))} -> "
-        f"{'x'.join(map(str, result['output_shape']))})",
+        f"{'x'.join(map(str, result['output_shape']))})"
+        + (f", AOTInductor for {isa}, which this CPU has" if isa else ""),
     )
 
 
@@ -463,6 +490,8 @@ def export_command(args: argparse.Namespace) -> int:
             labels=args.labels,
             method=method,
             optimize=not args.no_optimize,
+            format=args.format,
+            cpu=args.cpu,
         )
     except FactoryError as err:
         raise CommandError(f"{args.module}{err}") from err
@@ -476,8 +505,12 @@ def export_command(args: argparse.Namespace) -> int:
 
     written = ", ".join(str(report.path / name) for name in report.files)
     print(f"wrote {written}")
-    print(f"model.pt: {report.size} bytes, sha256 {report.sha256}")
-    print(f"TorchScript: {report.method}, {report.optimization}")
+    if args.format == "aoti":
+        print(f"model.pt2: {report.size} bytes, unpacked to package/, sha256 {report.sha256}")
+        print(f"AOTInductor: {report.optimization}")
+    else:
+        print(f"model.pt: {report.size} bytes, sha256 {report.sha256}")
+        print(f"TorchScript: {report.method}, {report.optimization}")
     shape = "x".join(map(str, args.example_shape))
     out = "x".join(map(str, report.output_shape))
     print(
@@ -493,9 +526,15 @@ def parser() -> argparse.ArgumentParser:
     )
     commands = top.add_subparsers(dest="command", required=True)
 
-    add = commands.add_parser("add-model", help="add a TorchScript model to the EFS tree")
+    add = commands.add_parser(
+        "add-model", help="add a TorchScript model or an AOTInductor package to the EFS tree"
+    )
     add.add_argument("name", help="model name, the directory under models/")
-    add.add_argument("--file", required=True, help="the TorchScript file (torch.jit.save)")
+    add.add_argument(
+        "--file",
+        required=True,
+        help="the TorchScript file (torch.jit.save) or AOTInductor package (.pt2, unpacked)",
+    )
     add.add_argument("--labels", help="class labels, one a line")
     add.add_argument("--preset", choices=sorted(PRESETS), help="manifest preset")
     add.add_argument("--manifest", help="JSON file of manifest fields (over the preset)")
@@ -521,9 +560,11 @@ def parser() -> argparse.ArgumentParser:
 
     exp = commands.add_parser(
         "export",
-        help="export a torch.nn.Module to TorchScript plus manifest (needs Python torch)",
+        help="export a torch.nn.Module to TorchScript or AOTInductor plus manifest (needs "
+        "Python torch)",
         description="Build a module with PKG.MOD:CALLABLE(**kwargs) (imported from the current "
-        "directory too), save it as TorchScript with a manifest in --out, then check that "
+        "directory too), save it as TorchScript (or, with --format aoti, compile it through "
+        "torch.export to an AOTInductor package) with a manifest in --out, then check that "
         "lambdatorch reproduces Python torch's output on a seeded random example.",
     )
     exp.add_argument(
@@ -548,6 +589,19 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("--script", action="store_true", help="torch.jit.script instead of trace")
     exp.add_argument(
         "--no-optimize", action="store_true", help="skip freeze + optimize_for_inference"
+    )
+    exp.add_argument(
+        "--format",
+        choices=["torchscript", "aoti"],
+        default="torchscript",
+        help="TorchScript (default) or an AOTInductor package through torch.export",
+    )
+    exp.add_argument(
+        "--cpu",
+        choices=["avx2", "avx512", "native"],
+        default="avx2",
+        help="aoti: the vector ISA to compile for (default avx2, what every x86_64 Lambda host "
+        "has; native: this CPU's best)",
     )
     exp.set_defaults(run=export_command)
     return top

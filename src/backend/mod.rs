@@ -4,6 +4,7 @@
 //! input tensors to output tensors. Preprocessing, batching, dtypes of the API and output handling
 //! live in [`crate::model`], so every format serves the same requests with the same answers.
 
+pub mod aoti;
 mod torchscript;
 
 use std::path::Path;
@@ -17,14 +18,32 @@ pub trait Backend: Send + Sync {
     ///
     /// Errors are the model's own failures, as libtorch words them (first line only).
     fn forward(&self, inputs: &[tch::Tensor]) -> std::result::Result<Vec<tch::Tensor>, String>;
+
+    /// The batch sizes the model itself accepts (an AOTInductor package exported with a static
+    /// batch dimension takes that size only).
+    fn batch_sizes(&self) -> BatchSizes {
+        BatchSizes::Any
+    }
 }
 
-/// Loads `file` (already opened and verified by the caller; `path` may be a `/proc/self/fd`
-/// link to it) with the backend for `format`. The error message says why the file is not a
-/// loadable model of that format.
+/// Batch sizes a loaded model accepts, whatever its manifest says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSizes {
+    /// Any size.
+    Any,
+    /// 1 to this many.
+    UpTo(usize),
+    /// This size and no other.
+    Exactly(usize),
+}
+
+/// Loads the model at `path` (already verified by the caller: for a file, `path` may be a
+/// `/proc/self/fd` link to it; an AOTInductor package is its unpacked directory) with the
+/// backend for `format`. The error message says why it is not a loadable model of that format.
 pub fn load(format: Format, path: &Path) -> std::result::Result<Box<dyn Backend>, String> {
     match format {
         Format::Torchscript => Ok(Box::new(torchscript::TorchScript::load(path)?)),
+        Format::Aoti => Ok(Box::new(aoti::Aoti::load(path)?)),
     }
 }
 
