@@ -111,9 +111,15 @@ def _checked_entries(archive: zipfile.ZipFile, what: str) -> tuple[str, list[zip
         if f.filename.startswith(f"{prefix}/{MODEL_SUBDIR}/") and f.filename.endswith(".so")
     ]
     if len(libraries) != 1:
+        hint = (
+            " (a torch.export.save archive? compile it with "
+            "torch._inductor.aoti_compile_and_package, or lambdatorch export --format aoti)"
+            if not libraries
+            else ""
+        )
         raise PackageError(
             f"{what} is not a CPU AOTInductor package: expected one model library in "
-            f"{prefix}/{MODEL_SUBDIR}/, found {len(libraries)}"
+            f"{prefix}/{MODEL_SUBDIR}/, found {len(libraries)}{hint}"
         )
     return prefix, files
 
