@@ -133,6 +133,7 @@ impl Registry {
             .map(|(_, slot)| slot)
             .collect();
         candidates.sort_by_key(|slot| slot.last_used.load(Ordering::Relaxed));
+        let mut evicted = false;
         for slot in candidates {
             if used + bytes <= budget {
                 break;
@@ -143,6 +144,16 @@ impl Registry {
             if model.as_ref().is_some_and(|m| Arc::strong_count(m) == 1) {
                 *model = None;
                 used -= slot.bytes.swap(0, Ordering::Relaxed);
+                evicted = true;
+            }
+        }
+        if evicted {
+            // glibc keeps freed memory in its arenas; without this an evicted model's weights
+            // stay resident and the budget bounds nothing.
+            // SAFETY: malloc_trim only releases free memory back to the system; it has no
+            // preconditions and touches no live allocation.
+            unsafe {
+                libc::malloc_trim(0);
             }
         }
     }
