@@ -501,7 +501,21 @@ fn check_package(dir: &ModelDir) -> Result<()> {
             ));
         }
     }
-    package.check_cpu().map_err(|m| bad("cpu_isa", m))
+    package.check_cpu().map_err(|m| bad("cpu_isa", m))?;
+    // The kernels trust their input's sizes: a manifest that disagrees would make them read past
+    // it, so it is refused here, and so is a package that cannot say what it takes.
+    let check = package.input.as_ref().ok_or_else(|| {
+        bad(
+            "file",
+            "the package carries no generated source (*.wrapper.cpp) to check its input \
+             against; package it with torch._inductor.aoti_compile_and_package as exported"
+                .to_owned(),
+        )
+    })?;
+    let input = InputPipeline::new(&dir.manifest.input, &Limits::default());
+    check
+        .check(&input.shape(), input.dtype())
+        .map_err(|m| bad("input", m))
 }
 
 /// Refuses a `max_batch` the model cannot serve (an AOTInductor package with a static batch

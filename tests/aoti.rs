@@ -245,3 +245,41 @@ fn a_library_that_is_not_a_model_is_a_manifest_error_not_an_abort() {
     );
     std::fs::remove_dir_all(scratch).ok();
 }
+
+#[test]
+fn a_manifest_input_the_package_does_not_take_is_refused_before_loading() {
+    // The kernels index their input by the exported sizes without checking them: a manifest that
+    // promised other sizes or another dtype would let requests make them read past the input.
+    for (from, to, says) in [
+        (
+            "\"shape\": [\n      -1,\n      4\n    ]",
+            "\"shape\": [-1, 8]",
+            "size 4 in dimension 1",
+        ),
+        (
+            "\"shape\": [\n      -1,\n      4\n    ]",
+            "\"shape\": [-1, -1]",
+            "size 4 in dimension 1",
+        ),
+        (
+            "\"shape\": [\n      -1,\n      4\n    ]",
+            "\"shape\": [-1, 4, 1]",
+            "2-dimensional",
+        ),
+        (
+            "\"dtype\": \"float32\"",
+            "\"dtype\": \"int64\"",
+            "kFloat inputs",
+        ),
+    ] {
+        let (scratch, copy) = copy_of("aoti_mlp");
+        let manifest = copy.join("manifest.json");
+        let text = std::fs::read_to_string(&manifest).expect("read");
+        assert!(text.contains(from), "fixture manifest changed: {text}");
+        std::fs::write(&manifest, text.replace(from, to)).expect("write");
+        let (field, message) = manifest_error(load(&copy));
+        assert_eq!(field, "input", "{to}");
+        assert!(message.contains(says), "{to}: {message}");
+        std::fs::remove_dir_all(scratch).ok();
+    }
+}

@@ -16,6 +16,7 @@ use tch::Tensor;
 
 use super::{Backend, BatchSizes};
 use crate::error::first_line;
+use crate::tensor::DType;
 
 /// Where a package keeps its model library and metadata, under its top directory.
 const MODEL_SUBDIR: &str = "data/aotinductor/model";
@@ -95,6 +96,97 @@ pub struct Package {
     pub machine: String,
     /// The batch sizes the model accepts: `Static(n)` or `Dynamic { max }` (no `max`: no limit).
     pub batch: Batch,
+    /// What the generated code expects of input 0 beyond its batch size; `None` when the package
+    /// carries no generated source to tell.
+    pub input: Option<InputCheck>,
+}
+
+/// Input 0 as the package's generated input check describes it. The kernels index their input by
+/// these sizes without checking (lambdatorch leaves AOTInductor's runtime check off: it refuses a
+/// batch of 1), so a manifest must agree with them before any request reaches the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputCheck {
+    /// Number of dimensions, when the check lists every stride.
+    pub rank: Option<usize>,
+    /// `(dimension, size)` of every dimension after the batch with a fixed size.
+    pub dims: Vec<(usize, usize)>,
+    /// The element type, as ATen names it (`kFloat`, `kLong`, ...).
+    pub dtype: Option<String>,
+}
+
+impl InputCheck {
+    /// Reads the checks of `input_handles[0]` in a wrapper source.
+    fn of(source: &str) -> InputCheck {
+        let expected = |marker: &str| -> Option<usize> {
+            let rest = &source[source.find(marker)? + marker.len()..];
+            let rest = &rest[rest.find("expected: ")? + "expected: ".len()..];
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .ok()
+        };
+        let dims = (1..32)
+            .filter_map(|i| {
+                expected(&format!("input_handles[0]: unmatched dim value at {i},")).map(|n| (i, n))
+            })
+            .collect();
+        let rank = (0..32)
+            .filter(|i| {
+                source.contains(&format!("input_handles[0]: unmatched stride value at {i},"))
+            })
+            .max()
+            .map(|last| last + 1);
+        let dtype = source
+            .find("input_handles[0]: unmatched dtype,")
+            .and_then(|at| {
+                let rest = &source[at..];
+                let rest = &rest[rest.find("(at::")? + "(at::".len()..];
+                Some(rest[..rest.find(')')?].to_owned())
+            });
+        InputCheck { rank, dims, dtype }
+    }
+
+    /// Checks a manifest's input (`shape` batch first, `-1` for any; `dtype`) against the
+    /// package; the message says what differs.
+    pub fn check(&self, shape: &[i64], dtype: DType) -> Result<(), String> {
+        let aten = match dtype {
+            DType::Float32 => "kFloat",
+            DType::Float64 => "kDouble",
+            DType::Float16 => "kHalf",
+            DType::Bfloat16 => "kBFloat16",
+            DType::Int64 => "kLong",
+            DType::Int32 => "kInt",
+            DType::Uint8 => "kByte",
+            DType::Bool => "kBool",
+        };
+        if let Some(want) = &self.dtype {
+            if want != aten {
+                return Err(format!(
+                    "the package takes {want} inputs, the manifest says {} (at::{aten})",
+                    dtype.name()
+                ));
+            }
+        }
+        if let Some(rank) = self.rank {
+            if rank != shape.len() {
+                return Err(format!(
+                    "the package takes {rank}-dimensional inputs, the manifest's shape {shape:?} \
+                     has {}",
+                    shape.len()
+                ));
+            }
+        }
+        for &(dim, size) in &self.dims {
+            if shape.get(dim) != Some(&(size as i64)) {
+                return Err(format!(
+                    "the package takes inputs of size {size} in dimension {dim}, the manifest's \
+                     shape is {shape:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The batch dimension of a package's (first) input.
@@ -168,19 +260,20 @@ impl Package {
         let cpu_isa = isa.ok_or_else(|| {
             format!("no AOTI_CPU_ISA in the package's metadata (*_metadata.json in {MODEL_SUBDIR})")
         })?;
-        let batch = match names.iter().find(|n| n.ends_with(".wrapper.cpp")) {
+        let (batch, input) = match names.iter().find(|n| n.ends_with(".wrapper.cpp")) {
             Some(name) => {
                 let source = std::fs::read_to_string(model_dir.join(name))
                     .map_err(|err| format!("cannot read {name}: {err}"))?;
-                batch_of(&source)
+                (batch_of(&source), Some(InputCheck::of(&source)))
             }
-            None => Batch::Unknown,
+            None => (Batch::Unknown, None),
         };
         Ok(Package {
             dir: dir.to_path_buf(),
             cpu_isa,
             machine: machine.unwrap_or_default(),
             batch,
+            input,
         })
     }
 
@@ -465,8 +558,32 @@ mod tests {
             cpu_isa: "NO_SUCH_EXTENSION".into(),
             machine: std::env::consts::ARCH.into(),
             batch: Batch::Unknown,
+            input: None,
         };
         let message = package.check_cpu().err().unwrap_or_default();
         assert!(message.contains("NO_SUCH_EXTENSION"), "{message}");
+    }
+
+    #[test]
+    fn input_checks_are_read_and_compared_with_the_manifest() {
+        let source = r#"
+        ss << "input_handles[0]: unmatched dtype, "
+           << "expected: " << arg6_1_expected_dtype << "(at::kFloat), "
+        ss << "input_handles[0]: unmatched dim value at 1, "
+           << "expected: 3, " << "but got: " << arg6_1_size[1]
+        ss << "input_handles[0]: unmatched dim value at 2, "
+           << "expected: 32, " << "but got: " << arg6_1_size[2]
+        ss << "input_handles[0]: unmatched stride value at 0, "
+        ss << "input_handles[0]: unmatched stride value at 3, "
+        "#;
+        let check = InputCheck::of(source);
+        assert_eq!(check.rank, Some(4));
+        assert_eq!(check.dims, vec![(1, 3), (2, 32)]);
+        assert_eq!(check.dtype.as_deref(), Some("kFloat"));
+        assert!(check.check(&[-1, 3, 32, 7], DType::Float32).is_ok());
+        let err = |shape: &[i64], dtype| check.check(shape, dtype).unwrap_err();
+        assert!(err(&[-1, 3, 32], DType::Float32).contains("4-dimensional"));
+        assert!(err(&[-1, 3, -1, 7], DType::Float32).contains("size 32 in dimension 2"));
+        assert!(err(&[-1, 3, 32, 7], DType::Int64).contains("kFloat inputs"));
     }
 }
