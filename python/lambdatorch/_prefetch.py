@@ -175,8 +175,10 @@ def recorded(
     """The recorded ranges of each of ``libraries`` whose record still matches the file."""
     if record is None:
         record = read_record(lib_dir)
+    if not record:
+        return {}
     found = {}
-    for path in libraries if record else ():
+    for path in libraries:
         entry = _entry(lib_dir, path, record)
         if entry:
             try:
