@@ -168,10 +168,9 @@ impl Decoder {
         let pitch = width as usize * layout.channels();
         // Sized without clearing: a reused buffer is not zeroed again, TurboJPEG overwrites it.
         out.resize(pitch * height as usize, 0);
-        // SAFETY: `header` was read from these same `bytes` by this handle just above, so
-        // TurboJPEG decodes exactly `width` x `height` pixels of `layout` (scaled as set above),
-        // writing `height` rows of `pitch` bytes: `out` holds that many. The input pointer and
-        // length describe `bytes`, which outlives the call.
+        // SAFETY: `header` is of these `bytes` (read above), so TurboJPEG writes `height` rows of
+        // `pitch` bytes (`width` pixels of `layout`, at the scale set above): `out` holds that
+        // many; the input pointer and length describe `bytes`, which outlives the call.
         let status = unsafe {
             tj::tj3Decompress8(
                 self.handle,

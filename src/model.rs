@@ -184,10 +184,9 @@ impl Model {
         let batch = tch::Tensor::f_zeros(shape, (tch::Kind::Float, tch::Device::Cpu))
             .map_err(|err| Error::internal("batch tensor", err))?;
         let numel = batch.numel();
-        // SAFETY: `batch` is a new, contiguous, initialised (zeroed) float32 CPU tensor of
-        // `numel` elements that nothing else references; the slice borrows its storage mutably
-        // and is dropped at the end of this statement's scope, before the tensor is used again.
         let [decode, preprocess] = {
+            // SAFETY: `batch` is a new, contiguous, zeroed float32 CPU tensor of `numel` elements
+            // that nothing else references; the slice is dropped before the tensor is used again.
             let floats =
                 unsafe { std::slice::from_raw_parts_mut(batch.data_ptr().cast::<f32>(), numel) };
             self.preprocess_into(images, floats)?

@@ -59,6 +59,7 @@ fn take_string(text: *mut c_char) -> String {
     let owned = unsafe { CStr::from_ptr(text) }
         .to_string_lossy()
         .into_owned();
+    // SAFETY: `text` came from the shim, is not used after this, and is freed only here.
     unsafe { ffi::lt_aoti_free_string(text) };
     owned
 }
@@ -442,6 +443,7 @@ pub struct Aoti {
 // model container hands each call a free model instance, waiting when all are busy), and the
 // pointer is only freed in `drop`, when no call can be running.
 unsafe impl Send for Aoti {}
+// SAFETY: as for `Send` above: concurrent `run` calls are safe in the loader itself.
 unsafe impl Sync for Aoti {}
 
 impl Aoti {
