@@ -362,7 +362,7 @@ def standin_section(runs: Runs, efs: dict[str, Any]) -> str:
             fmt(per_run(runs, name, EFS_WALL), 2),
             fmt(per_run(runs, name, COLD_WALL), 2),
             fmt(per_run(runs, name, modelled), 2),
-            fmt(ratios(runs, name, name, lambda f: EFS_WALL(f) / modelled(f)), 2),
+            fmt(per_run(runs, name, lambda f: EFS_WALL(f) / modelled(f)), 2),
             fmt(per_run(runs, name, EFS_OPS)),
             fmt(per_run(runs, name, EFS_FAILED)),
             fmt(per_run(runs, name, EFS_READS)),
