@@ -15,7 +15,7 @@ TORCH_LIB = $(wildcard $(VENV)/lib/python3*/site-packages/torch/lib)
 FIXTURES := target/fixtures
 EFS := .efs
 
-RUST_SOURCES := Cargo.toml build.rs $(shell find src -name '*.rs' -o -name '*.cpp' 2>/dev/null)
+RUST_SOURCES := Cargo.toml build.rs libtorch-version $(shell find src -name '*.rs' -o -name '*.cpp' 2>/dev/null)
 PY_SOURCES := pyproject.toml $(shell find python -type f \( -name '*.py' -o -name '*.pyi' -o -name py.typed \) 2>/dev/null)
 
 .PHONY: help setup wheel develop lambda lambda-zip fixtures test test-rust test-python lint fmt demo clean fuzz soak

@@ -25,8 +25,9 @@ use crate::manifest::{Format, Manifest, ModelDir, Threads};
 use crate::output::{OutputHead, Prediction};
 use crate::tensor::{Elements, TensorData};
 
-/// The libtorch version this build links against (tch 0.26).
-pub const LIBTORCH_VERSION: &str = "2.13.0";
+/// The libtorch version this build links against (tch 0.26), from the repository's
+/// `libtorch-version` file, which the `bootstrap` launcher reads too.
+pub const LIBTORCH_VERSION: &str = include_str!("../libtorch-version").trim_ascii();
 
 /// Lambda gives one vCPU per this many MB of configured memory.
 const LAMBDA_MB_PER_VCPU: u64 = 1769;
