@@ -97,7 +97,11 @@ def test_no_failed_lookups_in_the_tree_while_loading(tmp_path):
     )
     site = str(TORCH_LIB.parent.parent)
     failed = [line for line in trace.read_text().splitlines() if site in line and "ENOENT" in line]
-    assert failed == []
+    # Without a page record (a tree doctor or the benchmark has not recorded yet), looking for it
+    # is the one expected miss: once in the loader, once in the prefetch helper.
+    record = [line for line in failed if ".lambdatorch-pages.json" in line]  # _prefetch.PAGES_FILE
+    assert len(record) <= 2, record
+    assert [line for line in failed if line not in record] == []
 
 
 def test_recorded_pages_round_trip(tmp_path):
