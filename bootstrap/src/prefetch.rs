@@ -6,7 +6,8 @@
 //! this order: each library's linker sections ([`crate::plan::LINKER_SECTIONS`]); the pages a
 //! cold start was recorded touching (`.lambdatorch-pages.json` beside libtorch, written by the
 //! Python package's `_prefetch.record_pages`, e.g. from `lambdatorch doctor`; ignored when stale);
-//! and the model files `LAMBDATORCH_PRELOAD` names. The handler starts at once and finds those
+//! and the model files `LAMBDATORCH_PRELOAD` names (an AOTInductor model's: every file of its
+//! unpacked package). The handler starts at once and finds those
 //! bytes arriving, or there. The record also holds the load plan ([`crate::plan`]), so that a
 //! start with a valid record reads no ELF header and lists no directory. Prefetching only changes
 //! when bytes arrive: every failure is ignored. The same steps as
@@ -151,26 +152,77 @@ fn valid_model_name(name: &str) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-/// The model files `LAMBDATORCH_PRELOAD` names (each manifest's `file`), best effort: anything
-/// odd is left for the handler's own loading to report.
+/// The model files `LAMBDATORCH_PRELOAD` names, from `LAMBDATORCH_MODELS`.
 pub fn preloaded_model_files() -> Vec<PathBuf> {
     let root = std::env::var_os("LAMBDATORCH_MODELS")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/mnt/efs/models"));
-    let names = std::env::var("LAMBDATORCH_PRELOAD").unwrap_or_default();
-    names
-        .split(',')
-        .map(str::trim)
-        .filter(|name| valid_model_name(name))
-        .filter_map(|name| {
-            let dir = root.join(name);
-            let manifest: Value =
-                serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
-            let file = dir.join(manifest["file"].as_str()?);
-            file.is_file().then_some(file)
-        })
-        .collect()
+    model_files(
+        &root,
+        &std::env::var("LAMBDATORCH_PRELOAD").unwrap_or_default(),
+    )
+}
+
+/// The files each model of the comma list `names` loads: its manifest's `file`, or, where that
+/// is a directory (an unpacked AOTInductor package), every regular file below it, the model
+/// libraries (`.so`) first; symlinks are not followed. Best effort: anything odd is left for the
+/// handler's own loading to report.
+pub fn model_files(root: &Path, names: &str) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for name in names.split(',').map(str::trim) {
+        if !valid_model_name(name) {
+            continue;
+        }
+        let dir = root.join(name);
+        let Some(manifest) = std::fs::read(dir.join("manifest.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        else {
+            continue;
+        };
+        let Some(file) = manifest["file"].as_str().map(|f| dir.join(f)) else {
+            continue;
+        };
+        match std::fs::symlink_metadata(&file) {
+            Ok(meta) if meta.is_dir() => {
+                let mut package = package_files(&file, PACKAGE_FILES_LIMIT);
+                package.sort_by_key(|p| (p.extension().is_none_or(|e| e != "so"), p.clone()));
+                files.extend(package);
+            }
+            _ if file.is_file() => files.push(file),
+            _ => {}
+        }
+    }
+    files
+}
+
+/// More files than any package holds (a few dozen).
+const PACKAGE_FILES_LIMIT: usize = 10_000;
+
+/// Regular files below `top`, at most `limit` of them; symlinks are not followed.
+fn package_files(top: &Path, limit: usize) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![top.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                found.push(entry.path());
+                if found.len() >= limit {
+                    return found;
+                }
+            }
+        }
+    }
+    found
 }
 
 /// Asks the kernel to read `ranges` of `file` (all of it if `None`) into the page cache.
@@ -252,6 +304,36 @@ mod tests {
         assert!(!valid_model_name(".hidden"));
         assert!(!valid_model_name(""));
         assert!(!valid_model_name(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn model_files_cover_a_torchscript_file_and_an_aoti_package_directory() -> std::io::Result<()> {
+        let root = std::env::temp_dir().join(format!("lt-models-{}", std::process::id()));
+        let ts = root.join("ts");
+        let package = root.join("pkg/model");
+        let lib_dir = package.join("data/aotinductor/model");
+        std::fs::create_dir_all(&ts)?;
+        std::fs::create_dir_all(&lib_dir)?;
+        std::fs::write(ts.join("manifest.json"), r#"{"file": "model.pt"}"#)?;
+        std::fs::write(ts.join("model.pt"), b"ts")?;
+        std::fs::write(root.join("pkg/manifest.json"), r#"{"file": "model"}"#)?;
+        std::fs::write(package.join("archive_format"), b"pt2")?;
+        std::fs::write(lib_dir.join("m.wrapper.so"), b"elf")?;
+        std::fs::write(lib_dir.join("m.wrapper_metadata.json"), b"{}")?;
+        std::os::unix::fs::symlink("/etc/passwd", lib_dir.join("outside"))?;
+        let files = model_files(&root, "ts, pkg,missing,../x");
+        assert_eq!(files[0], ts.join("model.pt"));
+        assert_eq!(files[1], lib_dir.join("m.wrapper.so")); // the library first
+        let mut rest = files[2..].to_vec();
+        rest.sort();
+        assert_eq!(
+            rest,
+            vec![
+                package.join("archive_format"),
+                lib_dir.join("m.wrapper_metadata.json")
+            ]
+        );
+        std::fs::remove_dir_all(&root)
     }
 
     #[test]

@@ -8,7 +8,8 @@ loaded, :func:`start` has the kernel read, in this order:
 2. the pages a cold start was recorded touching (:func:`record_pages` writes ``PAGES_FILE``
    beside libtorch, with the load plan, so that a start with a valid record reads no ELF header
    and lists no directory; a stale or missing record is ignored);
-3. the model files ``LAMBDATORCH_PRELOAD`` names, needed once libtorch is loaded.
+3. the model files ``LAMBDATORCH_PRELOAD`` names, needed once libtorch is loaded (for an
+   AOTInductor model, the files of its unpacked package: model library, weights, metadata).
 
 The requests (``posix_fadvise(WILLNEED)``) are made by a detached helper process running this
 file: a thread would not do, as the interpreter holds the GIL while ``dlopen`` runs, for most of
@@ -255,11 +256,20 @@ def record_pages(
 
 
 def preloaded_model_files() -> list[Path]:
-    """The model files ``LAMBDATORCH_PRELOAD`` names (each manifest's ``file``), best effort:
-    anything odd is left for the model's own loading to report."""
-    root = Path(os.environ.get("LAMBDATORCH_MODELS") or "/mnt/efs/models")
+    """The model files ``LAMBDATORCH_PRELOAD`` names, from ``LAMBDATORCH_MODELS``."""
+    return model_files(
+        Path(os.environ.get("LAMBDATORCH_MODELS") or "/mnt/efs/models"),
+        os.environ.get("LAMBDATORCH_PRELOAD", ""),
+    )
+
+
+def model_files(root: Path, names: str) -> list[Path]:
+    """The files each model of the comma list ``names`` loads: its manifest's ``file``, or, where
+    that is a directory (an unpacked AOTInductor package), every regular file below it, the model
+    libraries (``.so``) first; symlinks are not followed. Best effort: anything odd is left for
+    the model's own loading to report."""
     files = []
-    for name in os.environ.get("LAMBDATORCH_PRELOAD", "").split(","):
+    for name in names.split(","):
         name = name.strip()
         if not _MODEL_NAME.match(name):
             continue
@@ -268,9 +278,31 @@ def preloaded_model_files() -> list[Path]:
             file = root / name / manifest["file"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if file.is_file():
+        if file.is_dir() and not file.is_symlink():
+            files += sorted(_package_files(file), key=lambda p: (p.suffix != ".so", str(p)))
+        elif file.is_file():
             files.append(file)
     return files
+
+
+def _package_files(top: Path, limit: int = 10_000) -> list[Path]:
+    """Regular files below ``top`` (at most ``limit``: a package holds a few dozen)."""
+    found: list[Path] = []
+    pending = [top]
+    while pending and len(found) < limit:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    found.append(Path(entry.path))
+            except OSError:
+                continue
+    return found[:limit]
 
 
 def _worker(steps: list[tuple[str, list[list[int]] | None]]) -> None:

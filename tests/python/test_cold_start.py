@@ -183,3 +183,27 @@ def test_the_efs_stand_in(tmp_path):
     assert mount.stats["failed_lookups"] == 1
     assert mount.stats["bytes"] == 4 << 20
     assert mount.stats["metadata_ops"] >= 3  # missing, sub, data.bin (and its open)
+
+
+def test_prefetch_covers_an_aoti_package_directory(tmp_path):
+    """A TorchScript model is its file; an AOTInductor model is every file of its unpacked
+    package (the library first), never what a symlink in it points at."""
+    sys.path.insert(0, str(PACKAGE))
+    try:
+        from lambdatorch._prefetch import model_files
+    finally:
+        sys.path.remove(str(PACKAGE))
+    (tmp_path / "ts").mkdir()
+    (tmp_path / "ts" / "manifest.json").write_text('{"file": "model.pt"}')
+    (tmp_path / "ts" / "model.pt").write_bytes(b"ts")
+    package = tmp_path / "pkg" / "model"
+    library = package / "data" / "aotinductor" / "model"
+    library.mkdir(parents=True)
+    (tmp_path / "pkg" / "manifest.json").write_text('{"file": "model"}')
+    (package / "archive_format").write_text("pt2")
+    (library / "m.wrapper.so").write_bytes(b"elf")
+    (library / "m.wrapper_metadata.json").write_text("{}")
+    (library / "outside").symlink_to("/etc/passwd")
+    files = model_files(tmp_path, "ts, pkg,missing,../x")
+    assert files[:2] == [tmp_path / "ts" / "model.pt", library / "m.wrapper.so"]
+    assert sorted(files[2:]) == [package / "archive_format", library / "m.wrapper_metadata.json"]
