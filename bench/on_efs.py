@@ -4,14 +4,14 @@ The contender runs exactly as in its local session (same command, environment an
 with the tree's paths pointing into the mount. Measured: the wall time to the first response, and
 what the stand-in served meanwhile: metadata operations, failed lookups, reads and bytes.
 
-Before the first run, :func:`record_pages` does what ``lambdatorch doctor`` does on the machine
-that fills EFS: one cold start and inference through lambdatorch, then ``_libtorch.record_pages()``
-writes which pages of libtorch that start touched, for later cold starts to prefetch.
+Before the first run, :func:`record_pages` runs ``lambdatorch doctor --record-pages`` on the tree,
+as on the machine that fills EFS: one cold start of lambdatorch and an inference of each model,
+then it writes which pages of libtorch that start touched, for later cold starts to prefetch.
 """
 
 from __future__ import annotations
 
-import os
+import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -39,22 +39,18 @@ class MountedTree(Tree):
 
 
 def record_pages(tree: Tree, log: Path) -> str:
-    """Record the pages a lambdatorch cold start touches, as ``doctor`` would; returns a line for
-    the log."""
-    code = (
-        "import lambdatorch, sys\n"
-        "from lambdatorch import _libtorch\n"
-        "model = lambdatorch.load(sys.argv[1])\n"
-        "model.predict(open(sys.argv[2], 'rb').read())\n"
-        "print(_libtorch.record_pages())\n"
-    )
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(tree.python)}
-    args = [str(tree.models / PRELOADED), str(tree.image("0.3MP"))]
-    with log.open("w") as out:
-        subprocess.run(
-            [sys.executable, "-S", "-c", code, *args], env=env, stdout=out, stderr=out, check=True
-        )
-    return log.read_text().strip().splitlines()[-1]
+    """Record the pages a lambdatorch cold start touches with ``lambdatorch doctor
+    --record-pages``, as on the machine that fills EFS; returns the record's path."""
+    command = [sys.executable, "-m", "lambdatorch", "doctor", "--root", str(tree.efs), "--json"]
+    with log.open("w") as out:  # the tree's other checks may fail (models/.done is no model)
+        subprocess.run([*command, "--record-pages"], stdout=out, stderr=out, check=False)
+    try:
+        checks = {check["check"]: check for check in json.loads(log.read_text())}
+    except ValueError:
+        checks = {}
+    if not checks.get("page-record", {}).get("ok"):
+        raise RuntimeError(f"lambdatorch doctor --record-pages recorded no pages: see {log}")
+    return checks["page-record"]["detail"].removeprefix("wrote ").split(": ", 1)[0]
 
 
 def cold_start(contender: Contender, tree: Tree, logs: Path) -> dict[str, Any]:

@@ -9,7 +9,8 @@
 #   ROOT/python/   pip install --target: lambdatorch and numpy, then torch (CPU build) for libtorch
 #   ROOT/models/   one directory per model, never changed once written
 #
-# then checks the tree with `lambdatorch doctor`, whose exit status is the script's.
+# then checks the tree with `lambdatorch doctor`, whose exit status is the script's, and records
+# the pages of libtorch a cold start touches, for the functions' cold starts to prefetch.
 #
 # On the loader instance the README runs it as root through `aws ssm send-command`, with
 # LT_FILE_SYSTEM_ID and LT_ACCESS_POINT_ID set so that it mounts the file system first. The
@@ -130,5 +131,7 @@ for name in "${new_models[@]}"; do
 done
 
 # --- check -----------------------------------------------------------------------------------
-step "lambdatorch doctor --root $ROOT"
-PYTHONPATH="$ROOT/python" "$PYTHON" -m lambdatorch doctor --root "$ROOT"
+# --record-pages: then the page record beside libtorch, which makes the functions' cold starts
+# prefetch what they will read (README, "Command line").
+step "lambdatorch doctor --root $ROOT --record-pages"
+PYTHONPATH="$ROOT/python" "$PYTHON" -m lambdatorch doctor --root "$ROOT" --record-pages

@@ -1,10 +1,12 @@
 """The part of ``lambdatorch doctor`` that runs inside the EFS tree, in its own interpreter.
 
-``doctor`` runs this file by path, ``python -S .../_doctor_child.py MODEL_DIR...``, with
-``PYTHONPATH=root/python`` as the only import path, as on Lambda. It imports the tree's
+``doctor`` runs this file by path, ``python -S .../_doctor_child.py [--record-pages] MODEL_DIR...``,
+with ``PYTHONPATH=root/python`` as the only import path, as on Lambda. It imports the tree's
 lambdatorch, loads libtorch, then loads each model and runs one inference on zeros shaped from its
 manifest. Each model's failure is caught on its own; the report is one JSON line after ``MARK`` on
-stdout.
+stdout. With ``--record-pages`` it then writes libtorch's page record (which pages of libtorch
+this cold start touched, for later cold starts to prefetch: ``lambdatorch._prefetch``); without,
+it writes nothing.
 
 It is run by path, not with ``-m lambdatorch._doctor_child``: the lambdatorch it checks is the
 tree's, which may be missing, broken or older than this file. So at module level only the standard
@@ -23,9 +25,11 @@ from typing import Any
 MARK = "lambdatorch-doctor-report "
 
 
-def probe(models: list[str]) -> dict[str, Any]:
-    """What the tree on ``sys.path`` does: the stage reached, the error that stopped it, and for
-    each model directory in ``models`` its load and inference times and shapes, or its error."""
+def probe(models: list[str], record_pages: bool = False) -> dict[str, Any]:
+    """What the tree on ``sys.path`` does: the stage reached, the error that stopped it, whether
+    libtorch's load was prefetched from a page record, for each model directory in ``models`` its
+    load and inference times and shapes, or its error; and with ``record_pages`` the page record
+    written after them, or why none was."""
     report: dict[str, Any] = {"stage": "import lambdatorch", "error": None, "models": {}}
     try:
         start = time.perf_counter()
@@ -38,6 +42,7 @@ def probe(models: list[str]) -> dict[str, Any]:
             "ms": (time.perf_counter() - start) * 1e3,
             "libtorch": str(_libtorch.preload()),
             "version": getattr(core, "__version__", "?"),
+            "page_record": page_record_state(_libtorch.preload()),
         }
     except BaseException as err:
         if isinstance(err, KeyboardInterrupt):
@@ -81,8 +86,37 @@ def probe(models: list[str]) -> dict[str, Any]:
                 if isinstance(err, KeyboardInterrupt):
                     raise
                 result["error"] = {"type": type(err).__name__, "message": str(err)}
+        if record_pages:
+            report["record"] = record(_libtorch)
     report["torch"] = "torch" in sys.modules
     return report
+
+
+def page_record_state(lib_dir: Any) -> str:
+    """``used`` when ``lib_dir`` has a page record that matches its libraries (the load just
+    timed was prefetched from it), ``stale`` when it has one that no longer does, else ``none``
+    (also for a tree whose lambdatorch predates page records)."""
+    try:
+        from lambdatorch import _prefetch
+
+        record = _prefetch.read_record(lib_dir)
+        if record is None:
+            return "stale" if (lib_dir / _prefetch.PAGES_FILE).exists() else "none"
+        return "used" if _prefetch.recorded_plan(lib_dir, record) is not None else "stale"
+    except Exception:
+        return "none"
+
+
+def record(libtorch: Any) -> dict[str, Any]:
+    """Write the page record of the libtorch this process loaded: its path, or the error."""
+    try:
+        written = libtorch.record_pages()
+    except Exception as err:
+        return {"error": {"type": type(err).__name__, "message": str(err)}}
+    if written is None:
+        message = "libtorch was not loaded"
+        return {"error": {"type": "LambdaTorchError", "message": message}}
+    return {"path": str(written)}
 
 
 def input_shape(spec: dict[str, Any]) -> list[int]:
@@ -110,7 +144,8 @@ def only_tree_on_path() -> None:
 
 
 def main(argv: list[str]) -> int:
-    print(MARK + json.dumps(probe(argv)), flush=True)
+    record_pages = argv[:1] == ["--record-pages"]
+    print(MARK + json.dumps(probe(argv[record_pages:], record_pages)), flush=True)
     return 0
 
 

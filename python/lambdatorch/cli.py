@@ -201,14 +201,18 @@ def _torch_version_check(python: Path) -> Check:
     return Check("torch-version", True, f"{version} (lambdatorch needs {LIBTORCH_VERSION})")
 
 
-def _run_probe(python: Path, models: list[Path]) -> tuple[dict[str, Any] | None, str]:
-    """The probe's report, or None and why it gave none."""
+def _run_probe(
+    python: Path, models: list[Path], record_pages: bool = False
+) -> tuple[dict[str, Any] | None, str]:
+    """The probe's report, or None and why it gave none; with ``record_pages`` the probe writes
+    libtorch's page record after running the models (the one write into the tree)."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONPATH": str(python),
         "PYTHONDONTWRITEBYTECODE": "1",  # a check must not write into the tree
     }
-    command = [sys.executable, "-S", str(_PROBE), *(str(m.absolute()) for m in models)]
+    command = [sys.executable, "-S", str(_PROBE), *["--record-pages"] * record_pages]
+    command += [str(m.absolute()) for m in models]
     try:
         out = subprocess.run(
             command, capture_output=True, text=True, env=env, timeout=_PROBE_TIMEOUT_S
@@ -243,7 +247,8 @@ def _libtorch_check(python: Path, report: dict[str, Any] | None, why: str) -> Ch
             "libtorch",
             True,
             f"lambdatorch {core['version']} and libtorch from {core['libtorch']} "
-            f"loaded in {core['ms']:.0f} ms",
+            f"loaded in {core['ms']:.0f} ms"
+            + _PAGE_RECORD_STATES.get(core.get("page_record"), _PAGE_RECORD_STATES["none"]),
         )
     message = str(error["message"])
     if message.endswith(_LIBTORCH_FIX):
@@ -256,6 +261,38 @@ def _libtorch_check(python: Path, report: dict[str, Any] | None, why: str) -> Ch
         fix = f"reinstall lambdatorch: pip install --target {python} --force-reinstall lambdatorch"
         return Check("libtorch", False, problem, fix)
     return Check("libtorch", False, problem, _torch_install(python, upgrade=True))
+
+
+#: The end of the libtorch line, by whether its load was prefetched from a page record.
+_PAGE_RECORD_STATES = {
+    "used": ", its pages prefetched as its page record says",
+    "stale": ", not prefetched: its page record is of other files (--record-pages writes it again)",
+    "none": ", not prefetched: no page record yet (--record-pages writes one)",
+}
+
+
+def _page_record_check(report: dict[str, Any] | None) -> Check:
+    """The line of ``--record-pages``: the record written, or why not."""
+    if report is None or report.get("error") is not None:
+        return Check("page-record", False, _NOT_RUN, "fix the libtorch check first")
+    outcome = report.get("record") or {}
+    if "path" not in outcome:
+        error = outcome.get("error") or {"type": "?", "message": "the check wrote no record"}
+        problem = f"{error['type']}: {one_line(str(error['message']))}"
+        fix = (
+            "run it where the tree is writable (on the machine that fills EFS), or upgrade "
+            "lambdatorch in the tree"
+        )
+        return Check("page-record", False, problem, fix)
+    path = Path(outcome["path"])
+    record = json.loads(path.read_text())
+    size = sum(n for entry in record["libraries"].values() for _, n in entry["ranges"])
+    return Check(
+        "page-record",
+        True,
+        f"wrote {path}: {size / 2**20:.0f} MiB of libtorch's pages that loading and running "
+        "the models touched, which cold starts prefetch",
+    )
 
 
 def _torch_unused_check(python: Path, report: dict[str, Any] | None) -> Check:
@@ -364,8 +401,11 @@ def _safely(name: str, make: Callable[[], Check]) -> Check:
         )
 
 
-def run_doctor(root: Path, emit: Callable[[Check], None] | None = None) -> list[Check]:
-    """Every check of the tree at ``root``, in order; ``emit`` sees each as soon as it is made."""
+def run_doctor(
+    root: Path, emit: Callable[[Check], None] | None = None, record_pages: bool = False
+) -> list[Check]:
+    """Every check of the tree at ``root``, in order; ``emit`` sees each as soon as it is made.
+    With ``record_pages``, libtorch's page record is written once the models ran, and checked."""
     checks: list[Check] = []
 
     def record(check: Check) -> None:
@@ -397,7 +437,7 @@ def run_doctor(root: Path, emit: Callable[[Check], None] | None = None) -> list[
             listing = Check("models/", False, f"cannot list {models}: {err}", "make it readable")
     candidates = [entry for entry, stray in entries if stray is None]
 
-    report, why = _run_probe(python, candidates)
+    report, why = _run_probe(python, candidates, record_pages)
     add("libtorch", lambda: _libtorch_check(python, report, why))
     add("no-python-torch", lambda: _torch_unused_check(python, report))
 
@@ -413,6 +453,8 @@ def run_doctor(root: Path, emit: Callable[[Check], None] | None = None) -> list[
         else:
             valid = MODEL_NAME.fullmatch(entry.name) is not None
             add(f"models/{entry.name}", partial(_model_check, root, entry, report, valid))
+    if record_pages:
+        add("page-record", lambda: _page_record_check(report))
     return checks
 
 
@@ -420,7 +462,7 @@ def doctor(args: argparse.Namespace) -> int:
     def emit(check: Check) -> None:
         print(check.line(), flush=True)
 
-    checks = run_doctor(Path(args.root), None if args.json else emit)
+    checks = run_doctor(Path(args.root), None if args.json else emit, args.record_pages)
     if args.json:
         print(json.dumps([asdict(check) for check in checks], indent=2))
     return 0 if all(check.ok for check in checks) else 1
@@ -556,6 +598,13 @@ def parser() -> argparse.ArgumentParser:
     )
     doc.add_argument("--root", default="/mnt/efs", help="the EFS tree (default /mnt/efs)")
     doc.add_argument("--json", action="store_true", help="print the checks as a JSON list")
+    doc.add_argument(
+        "--record-pages",
+        action="store_true",
+        help="then write which pages of libtorch loading and running the models touched "
+        "(torch/lib/.lambdatorch-pages.json), for cold starts to prefetch; the one write "
+        "into the tree, where it is otherwise left untouched",
+    )
     doc.set_defaults(run=doctor)
 
     exp = commands.add_parser(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -15,10 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import MODELS
 
 REPO = Path(__file__).resolve().parents[2]
-TORCH_LIB = Path(sysconfig.get_paths()["purelib"]) / "torch" / "lib"
+SITE = Path(sysconfig.get_paths()["purelib"])
+TORCH_LIB = SITE / "torch" / "lib"
 PACKAGE = REPO / "python"
+WHEELS = sorted((REPO / "dist").glob("lambdatorch-*.whl"))
 
 pytestmark = pytest.mark.skipif(
     not (TORCH_LIB / "libtorch_cpu.so").is_file(), reason="torch is not installed"
@@ -207,3 +211,61 @@ def test_prefetch_covers_an_aoti_package_directory(tmp_path):
     files = model_files(tmp_path, "ts, pkg,missing,../x")
     assert files[:2] == [tmp_path / "ts" / "model.pt", library / "m.wrapper.so"]
     assert sorted(files[2:]) == [package / "archive_format", library / "m.wrapper_metadata.json"]
+
+
+# --- the Python handler's cold start, counted as the EFS stand-in counts ------------------------
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """An EFS tree as users lay it out (the wheel installed with ``pip install --target``, the
+    fixture MobileNet as its model), torch linked in from the venv file by file, so that the page
+    record written beside libtorch is this tree's own."""
+    assert len(WHEELS) == 1, f"expected one wheel in dist/, found {WHEELS} (run make wheel)"
+    root = tmp_path_factory.mktemp("efs")
+    python = root / "python"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--target", python, WHEELS[0]],
+        check=True,
+    )
+    (python / "torch" / "lib").mkdir(parents=True)
+    for entry in (SITE / "torch").iterdir():
+        if entry.name != "lib":
+            (python / "torch" / entry.name).symlink_to(entry)
+    for entry in TORCH_LIB.iterdir():
+        if not entry.name.startswith(".lambdatorch-pages"):
+            (python / "torch" / "lib" / entry.name).symlink_to(entry)
+    if (SITE / "nvidia").exists():
+        (python / "nvidia").symlink_to(SITE / "nvidia", target_is_directory=True)
+    shutil.copytree(MODELS / "mobilenet", root / "models" / "mobilenet")
+    return root
+
+
+def doctor(root: Path, *extra: str) -> dict[str, tuple[bool, str]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "lambdatorch", "doctor", "--root", str(root), *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return {line.split()[1]: (line.startswith("ok"), line) for line in out.stdout.splitlines()}
+
+
+def test_doctor_records_pages_only_when_asked(tree):
+    record = tree / "python" / "torch" / "lib" / ".lambdatorch-pages.json"  # _prefetch.PAGES_FILE
+    checks = doctor(tree)
+    assert "page-record" not in checks
+    assert not record.exists()
+    assert "not prefetched: no page record yet (--record-pages writes one)" in checks["libtorch"][1]
+
+    checks = doctor(tree, "--record-pages")
+    assert list(checks)[-1] == "page-record"  # once every model ran
+    ok, line = checks["page-record"]
+    assert ok and f"wrote {record}: " in line, line
+    written = json.loads(record.read_text())
+    assert any(entry["ranges"] for entry in written["libraries"].values())
+    assert not list(record.parent.glob("*.partial"))
+
+    checks = doctor(tree)  # the next start prefetches what the record says
+    assert checks["libtorch"][1].endswith("its pages prefetched as its page record says")
