@@ -312,6 +312,16 @@ def _save_aoti(torch: Any, program: Any, staging: Path, cpu: str) -> tuple[int, 
         "cpu_isa": _aoti.cpu_isa(package),
         "sha256": _aoti.tree_sha256(package),
     }
+    wanted = CPU_CAPABILITIES[cpu]
+    if wanted and not head["cpu_isa"].lower().startswith(wanted):
+        # Inductor falls back to scalar code when its check that this machine builds and loads
+        # code for the ISA (a compile, then a dlopen in a child with a 60 s limit) fails, and
+        # keeps that answer for the process: seen once here, on a machine busy compiling.
+        raise InferenceError(
+            f"Inductor compiled for {head['cpu_isa']!r}, not {cpu}: its check that this machine "
+            f"can build and load {cpu} code failed (it can fail on a busy machine, and the answer "
+            "is kept for the process); run the export again"
+        )
     return size, head
 
 

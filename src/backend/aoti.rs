@@ -387,7 +387,8 @@ fn cpu_has(token: &str) -> bool {
     {
         use std::arch::is_x86_feature_detected as has;
         match token {
-            "AVX2" => has!("avx2") && has!("fma"),
+            // Inductor compiles its AVX2 kernels with `-mavx2 -mfma -mf16c`.
+            "AVX2" => has!("avx2") && has!("fma") && has!("f16c"),
             "AVX512" => has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512dq"),
             "AVX512_VNNI" => has!("avx512vnni"),
             "AVX512_BF16" => has!("avx512bf16"),

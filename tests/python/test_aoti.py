@@ -313,6 +313,19 @@ def test_export_format_aoti_compiles_for_avx2_and_checks_parity(lt, tmp_path):
         lt.export(module, example, tmp_path / "x", format="aoti", cpu="avx3")
 
 
+def test_export_refuses_a_package_inductor_compiled_without_the_isa(lt, tmp_path, monkeypatch):
+    """When Inductor's check that this machine builds the ISA's code fails, it compiles scalar
+    code (`INVALID_VEC_ISA`): export says so, and leaves nothing behind."""
+    import torch
+    from torch._inductor import cpu_vec_isa
+
+    monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", lambda: [])
+    module = torch.nn.Sequential(torch.nn.Linear(6, 2))
+    with pytest.raises(lt.InferenceError, match="compiled for 'INVALID_VEC_ISA', not avx2"):
+        lt.export(module, torch.randn(2, 6), tmp_path / "scalar", format="aoti")
+    assert not (tmp_path / "scalar").exists()
+
+
 def test_export_command_takes_format_and_cpu():
     from lambdatorch import cli
 
