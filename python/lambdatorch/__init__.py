@@ -8,7 +8,9 @@ The extension (``_core``) is imported on first use of a name that needs it, afte
 has found, checked and loaded libtorch: ``import lambdatorch`` itself always succeeds (so that
 ``lambdatorch doctor`` can diagnose a broken tree), while ``from lambdatorch import load`` or
 ``lambdatorch.load(...)`` raise ``LibTorchError`` (an ``ImportError``) when libtorch is wrong.
-``export`` (which needs Python torch, to fill EFS, not on Lambda) is imported on first use too.
+``export`` (which needs Python torch, to fill EFS, not on Lambda) is imported on first use too,
+and so are the exception classes (``errors``): on EFS every module a cold start imports costs
+round trips, and a start that raises nothing needs none of them.
 """
 
 from __future__ import annotations
@@ -16,24 +18,36 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._libtorch import LIBTORCH_VERSION, import_core
-from .errors import (
-    ImageTooLarge,
-    InferenceError,
-    InternalError,
-    InvalidImage,
-    InvalidInput,
-    LambdaTorchError,
-    LibTorchError,
-    ManifestError,
-    ModelNotFound,
-    PayloadTooLarge,
-)
 
 if TYPE_CHECKING:
     from ._core import Model, Prediction, __version__, handle, load
     from ._export import export
+    from .errors import (
+        ImageTooLarge,
+        InferenceError,
+        InternalError,
+        InvalidImage,
+        InvalidInput,
+        LambdaTorchError,
+        LibTorchError,
+        ManifestError,
+        ModelNotFound,
+        PayloadTooLarge,
+    )
 
 _FROM_CORE = ("Model", "Prediction", "__version__", "handle", "load")
+_FROM_ERRORS = (
+    "ImageTooLarge",
+    "InferenceError",
+    "InternalError",
+    "InvalidImage",
+    "InvalidInput",
+    "LambdaTorchError",
+    "LibTorchError",
+    "ManifestError",
+    "ModelNotFound",
+    "PayloadTooLarge",
+)
 
 __all__ = [
     "LIBTORCH_VERSION",
@@ -59,6 +73,12 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name in _FROM_CORE:
         value = getattr(import_core(), name)
+        globals()[name] = value
+        return value
+    if name in _FROM_ERRORS:
+        from . import errors
+
+        value = getattr(errors, name)
         globals()[name] = value
         return value
     if name == "export":

@@ -31,8 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from . import _elf, _prefetch
-from .errors import LibTorchError
+from . import _prefetch
 
 #: The libtorch version this build of lambdatorch links against (tch 0.26).
 LIBTORCH_VERSION = "2.13.0"
@@ -48,6 +47,15 @@ _FIX = (
 )
 
 _loaded: Path | None = None
+
+
+def _error(message: str) -> Exception:
+    """A ``LibTorchError``; ``errors`` is imported only when there is one, as every module the
+    cold start imports costs round trips on EFS (a lookup of the source, of the cached bytecode,
+    and its open)."""
+    from .errors import LibTorchError
+
+    return LibTorchError(message)
 
 
 def candidates() -> list[Path]:
@@ -79,31 +87,35 @@ def release(version: str) -> str:
     return version.split("+", 1)[0]
 
 
-def find() -> tuple[Path, str]:
-    """The first candidate holding libtorch, with its version; ``LibTorchError`` if none fits."""
+def find() -> tuple[Path, str, _prefetch.Record | None]:
+    """The first candidate holding libtorch, with its version and its page record
+    (:func:`._prefetch.read_record`, None without one); ``LibTorchError`` if none fits. While the
+    record describes these very libraries, the version it was made with stands in for torch's
+    files: one file fewer to look up and open on EFS."""
     searched = candidates()
     for lib_dir in searched:
         if not all((lib_dir / name).is_file() for name in LIBRARIES):
             if os.environ.get("LAMBDATORCH_LIBTORCH"):
                 missing = [n for n in LIBRARIES if not (lib_dir / n).is_file()]
-                raise LibTorchError(
+                raise _error(
                     f"LAMBDATORCH_LIBTORCH={lib_dir} does not hold {', '.join(missing)}. {_FIX}"
                 )
             continue
-        version = version_of(lib_dir)
+        record = _prefetch.read_record(lib_dir)
+        version = _prefetch.recorded_version(lib_dir, LIBRARIES, record) or version_of(lib_dir)
         if version is None:
-            raise LibTorchError(
+            raise _error(
                 f"found libtorch in {lib_dir} but not its version (no ../version.py or "
                 f"../build-version beside it); lambdatorch needs {LIBTORCH_VERSION}. {_FIX}"
             )
         if release(version) != LIBTORCH_VERSION:
-            raise LibTorchError(
+            raise _error(
                 f"found libtorch {version} in {lib_dir}, but this lambdatorch needs "
                 f"{LIBTORCH_VERSION}. {_FIX}"
             )
-        return lib_dir, version
+        return lib_dir, version, record
     shown = ", ".join(str(p) for p in searched) or "(sys.path is empty)"
-    raise LibTorchError(f"libtorch not found; searched {shown}. {_FIX}")
+    raise _error(f"libtorch not found; searched {shown}. {_FIX}")
 
 
 @dataclass(frozen=True)
@@ -130,6 +142,8 @@ def load_plan(lib_dir: Path, record: _prefetch.Record | None = None) -> LoadPlan
     recorded = _prefetch.recorded_plan(lib_dir, record) if record else None
     if recorded is not None:
         return LoadPlan(*recorded)
+    from . import _elf  # only here: a start with a valid record never reads an ELF header
+
     listings: dict[Path, frozenset[str]] = {}
 
     def names_in(folder: Path) -> frozenset[str]:
@@ -176,8 +190,7 @@ def preload() -> Path:
     global _loaded
     if _loaded is not None:
         return _loaded
-    lib_dir, version = find()
-    record = _prefetch.read_record(lib_dir)
+    lib_dir, version, record = find()
     plan = load_plan(lib_dir, record)
     helper = _prefetch.start(lib_dir, plan.linker_ranges if plan else {}, record)
     try:
@@ -199,7 +212,7 @@ def _load(plan: LoadPlan | None, lib_dir: Path, version: str) -> None:
         try:
             ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
         except OSError as err:
-            raise LibTorchError(
+            raise _error(
                 f"libtorch {version} in {lib_dir} failed to load {path.name}: {err}. {_FIX}"
             ) from err
 
@@ -210,7 +223,7 @@ def import_core() -> ModuleType:
     try:
         return importlib.import_module("lambdatorch._core")
     except ImportError as err:  # e.g. a libtorch whose symbols do not match this build
-        raise LibTorchError(
+        raise _error(
             f"the lambdatorch extension failed to load against libtorch in {lib_dir}: {err}. {_FIX}"
         ) from err
 
@@ -222,6 +235,10 @@ def record_pages() -> Path | None:
     if _loaded is None:
         return None
     plan = load_plan(_loaded)  # from the files themselves, not from an earlier record
+    version = version_of(_loaded)
     if plan is None:
-        return _prefetch.record_pages(_loaded, [_loaded / name for name in LIBRARIES])
-    return _prefetch.record_pages(_loaded, plan.tree, plan.system, plan.linker_ranges)
+        libraries = [_loaded / name for name in LIBRARIES]
+        return _prefetch.record_pages(_loaded, libraries, version=version)
+    return _prefetch.record_pages(
+        _loaded, plan.tree, plan.system, plan.linker_ranges, version=version
+    )

@@ -11,10 +11,11 @@ loaded, :func:`start` has the kernel read, in this order:
 3. the model files ``LAMBDATORCH_PRELOAD`` names, needed once libtorch is loaded (for an
    AOTInductor model, the files of its unpacked package: model library, weights, metadata).
 
-The requests (``posix_fadvise(WILLNEED)``) are made by a detached helper process running this
-file: a thread would not do, as the interpreter holds the GIL while ``dlopen`` runs, for most of
-the time there is to overlap. Prefetching changes only when bytes arrive, never which bytes are
-used: every failure is ignored. Standard library only: the helper runs this file by path.
+The requests (``posix_fadvise(WILLNEED)``) are made by a detached helper process: a thread would
+not do, as the interpreter holds the GIL while ``dlopen`` runs, for most of the time there is to
+overlap. The helper's program (``_HELPER``) is handed over on its command line, so that starting
+it looks up nothing in the tree. Prefetching changes only when bytes arrive, never which bytes
+are used: every failure is ignored.
 """
 
 from __future__ import annotations
@@ -63,6 +64,27 @@ _MERGE_GAP = 32 << 10
 #: becomes its own asynchronous read, and they travel in parallel.
 _CHUNK = 128 << 10
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+#: The helper, run as ``python -I -S -c _HELPER STEPS`` (STEPS: :func:`plan` as JSON). Run by
+#: path, a file of the tree would be looked up and opened (twice) and its directory listed: each
+#: a round trip on EFS. It detaches at once (its parent exits, init reaps it), and opens each
+#: file once.
+_HELPER = f"""
+import json, os, sys
+if os.fork() > 0:
+    os._exit(0)
+opened = {{}}
+for path, ranges in json.loads(sys.argv[1]):
+    try:
+        if path not in opened:
+            opened[path] = os.open(path, os.O_RDONLY)
+        fd = opened[path]
+        for offset, size in ranges if ranges is not None else [(0, os.fstat(fd).st_size)]:
+            for start in range(offset, offset + size, {_CHUNK}):
+                os.posix_fadvise(fd, start, {_CHUNK}, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+os._exit(0)
+"""
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 Ranges = tuple[tuple[int, int], ...]
@@ -127,7 +149,7 @@ def start(
         return None
     try:
         return subprocess.Popen(
-            [sys.executable, "-S", "-E", __file__, json.dumps(steps)],
+            [sys.executable, "-I", "-S", "-c", _HELPER, json.dumps(steps)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -189,6 +211,15 @@ def recorded(
     return found
 
 
+def recorded_version(lib_dir: Path, names: Iterable[str], record: Record | None) -> str | None:
+    """The libtorch version ``record`` was made with, if each library of ``names`` in
+    ``lib_dir`` is still the file recorded (then torch's own files need not be read for it)."""
+    version = record.get("version") if record else None
+    if not isinstance(version, str) or record is None:
+        return None
+    return version if all(_entry(lib_dir, lib_dir / name, record) for name in names) else None
+
+
 def recorded_plan(
     lib_dir: Path, record: Record
 ) -> tuple[tuple[str, ...], tuple[Path, ...], dict[Path, Ranges]] | None:
@@ -214,9 +245,11 @@ def record_pages(
     libraries: Iterable[Path],
     system: Iterable[str] = (),
     linker: Mapping[Path, Ranges] | None = None,
+    version: str | None = None,
 ) -> Path:
     """Write ``lib_dir/PAGES_FILE``: which pages of each of ``libraries`` (the load plan's tree,
-    in load order; ``system`` and ``linker`` the rest of the plan) this process has touched
+    in load order; ``system`` and ``linker`` the rest of the plan; ``version`` libtorch's, read
+    from torch's files) this process has touched
     (mapped, from ``/proc/self/pagemap``; whatever is in the page cache is not counted). Call it
     after a model's first inference, on the tree the function will use; later cold starts
     prefetch those pages, and take the plan from it. Returns the file written."""
@@ -249,7 +282,9 @@ def record_pages(
     plan = {"system": list(system), "tree": [os.path.relpath(p, lib_dir) for p in libraries]}
     out = lib_dir / PAGES_FILE
     partial = out.with_name(out.name + f".{os.getpid()}.partial")
-    record = {"format": _FORMAT, "plan": plan, "libraries": libraries_out}
+    record: Record = {"format": _FORMAT, "plan": plan, "libraries": libraries_out}
+    if version is not None:
+        record["version"] = version
     partial.write_text(json.dumps(record) + "\n")
     os.replace(partial, out)
     return out
@@ -303,22 +338,3 @@ def _package_files(top: Path, limit: int = 10_000) -> list[Path]:
             except OSError:
                 continue
     return found[:limit]
-
-
-def _worker(steps: list[tuple[str, list[list[int]] | None]]) -> None:
-    # Detached, so that nobody has to wait for it: its parent exits now, init reaps it later.
-    if os.fork() > 0:
-        os._exit(0)
-    opened: dict[str, int] = {}  # each file opened once: on EFS an open is a round trip too
-    for path, ranges in steps:
-        if path not in opened:
-            try:
-                opened[path] = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue
-        _advise(opened[path], None if ranges is None else [(o, n) for o, n in ranges])
-    os._exit(0)
-
-
-if __name__ == "__main__":
-    _worker(json.loads(sys.argv[1]))

@@ -6,17 +6,21 @@ against the venv's torch (PyPI's build, with its nvidia RPATH: the case the load
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
 import time
+from collections import Counter
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 import pytest
-from conftest import MODELS
+from conftest import IMAGES, MODELS
 
 REPO = Path(__file__).resolve().parents[2]
 SITE = Path(sysconfig.get_paths()["purelib"])
@@ -264,8 +268,102 @@ def test_doctor_records_pages_only_when_asked(tree):
     ok, line = checks["page-record"]
     assert ok and f"wrote {record}: " in line, line
     written = json.loads(record.read_text())
+    assert written["version"].startswith("2.13.0")
     assert any(entry["ranges"] for entry in written["libraries"].values())
     assert not list(record.parent.glob("*.partial"))
 
     checks = doctor(tree)  # the next start prefetches what the record says
     assert checks["libtorch"][1].endswith("its pages prefetched as its page record says")
+
+
+SYSCALL = re.compile(r'^\d+ +(\w+)\((?:AT_FDCWD(?:<[^>]*>)?, )?"([^"]*)"[^=]*(?:= \d+<([^>]*)>)?')
+
+
+def tree_operations(trace: str, root: Path) -> tuple[Counter[str], list[str]]:
+    """What the EFS stand-in (bench/efs.py) would serve for the system calls in ``trace``
+    (``strace -y``): a lookup for each path in the tree the first time it is named (a component
+    that does not exist ends it: a failed lookup), an open per file opened (also again through
+    ``/proc/self/fd``), a listing per directory opened, a statfs per statfs. Lookups are counted
+    once, as the kernel caches them for longer than a cold start takes here; the stand-in sees
+    them again if that cache expires first."""
+    ops: Counter[str] = Counter()
+    looked_up: set[str] = set()
+    failed: list[str] = []
+    inside = str(root)
+    for line in trace.splitlines():
+        match = SYSCALL.match(line)
+        if not match:
+            continue
+        call, path = match[1], os.path.normpath(match[2])
+        if path.startswith("/proc/self/fd/") and match[3] and match[3].startswith(inside):
+            ops["open"] += 1  # the same file opened again: a round trip on EFS too
+            continue
+        if not path.startswith(inside):
+            continue
+        prefix = inside
+        for part in ["", *Path(path).relative_to(root).parts]:
+            prefix = os.path.join(prefix, part) if part else prefix
+            if prefix not in looked_up:
+                looked_up.add(prefix)
+                ops["lookup"] += 1
+                if not os.path.lexists(prefix):
+                    failed.append(prefix)
+            if not os.path.exists(prefix):
+                break
+        if call in ("open", "openat") and os.path.exists(path):
+            ops["readdir" if os.path.isdir(path) else "open"] += 1
+        elif call == "statfs":
+            ops["statfs"] += 1
+    return ops, failed
+
+
+#: The Python handler's cold start (import the handler, which loads libtorch and preloads the
+#: model, then the first request), as Lambda runs it with the tree on PYTHONPATH.
+COLD_START = """
+import base64, json, sys
+import lambdatorch.handler
+event = {"model": "mobilenet", "image": sys.argv[1]}
+print(json.dumps(lambdatorch.handler.lambda_handler(event, None)))
+"""
+#: Metadata operations of that cold start in a tree with a page record, as the stand-in counts
+#: them (issue 16: at most 1/200 of torch-python's, about 7,400-9,400 there). What is left: the
+#: import system's 21 (the root, the path entry and its listing; the package, its three probes
+#: for an extension, its source, bytecode directory, bytecode and its open, its listing; the source,
+#: bytecode and open of _libtorch, _prefetch and handler), _core's 2, the page record's 2, 10
+#: lookups of libtorch's libraries and their directories (five files with PyPI's CUDA build) and
+#: 10 opens (the prefetch helper's and the loader's), and the model's 10: 4 lookups, its manifest
+#: opened twice (for the prefetch, then to load), its file four times (the prefetch helper, the
+#: sha256 check, libtorch's loader twice through /proc/self/fd).
+COLD_START_OPERATIONS = 55
+
+
+@pytest.mark.skipif(not Path("/usr/bin/strace").exists(), reason="strace is not installed")
+def test_metadata_operations_of_a_python_cold_start(tree, tmp_path):
+    record = tree / "python" / "torch" / "lib" / ".lambdatorch-pages.json"
+    if not record.exists():
+        doctor(tree, "--record-pages")
+    trace = tmp_path / "trace"
+    image = base64.b64encode((IMAGES / "chelsea.jpg").read_bytes()).decode()
+    out = subprocess.run(
+        [
+            *("strace", "-f", "-qq", "-y", "-e", "trace=%file", "-o", str(trace)),
+            *(sys.executable, "-S", "-c", COLD_START, image),
+        ],
+        env={
+            "PATH": os.environ["PATH"],
+            "PYTHONPATH": str(tree / "python"),
+            "LAMBDATORCH_MODELS": str(tree / "models"),
+            "LAMBDATORCH_PRELOAD": "mobilenet",
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["predictions"]
+    ops, failed = tree_operations(trace.read_text(), tree)
+    listing = "\n".join(line for line in trace.read_text().splitlines() if str(tree) in line)
+    print(ops, failed, listing, sep="\n")
+    # The import system probes a package for an extension module first: three suffixes.
+    assert [Path(p).name for p in failed] == [f"__init__{s}" for s in EXTENSION_SUFFIXES], listing
+    assert sum(ops.values()) <= COLD_START_OPERATIONS, (ops, listing)
