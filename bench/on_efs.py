@@ -42,11 +42,12 @@ def record_pages(tree: Tree, log: Path) -> str:
     """Record the pages a lambdatorch cold start touches with ``lambdatorch doctor
     --record-pages``, as on the machine that fills EFS; returns the record's path."""
     command = [sys.executable, "-m", "lambdatorch", "doctor", "--root", str(tree.efs), "--json"]
-    with log.open("w") as out:  # the tree's other checks may fail (models/.done is no model)
-        subprocess.run([*command, "--record-pages"], stdout=out, stderr=out, check=False)
+    # The tree's other checks may fail (models/.done is no model): only this one matters here.
+    done = subprocess.run([*command, "--record-pages"], capture_output=True, text=True)
+    log.write_text(done.stdout + done.stderr)
     try:
-        checks = {check["check"]: check for check in json.loads(log.read_text())}
-    except ValueError:
+        checks = {check["check"]: check for check in json.loads(done.stdout)}
+    except (ValueError, TypeError, KeyError):
         checks = {}
     if not checks.get("page-record", {}).get("ok"):
         raise RuntimeError(f"lambdatorch doctor --record-pages recorded no pages: see {log}")
