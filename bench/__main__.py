@@ -25,7 +25,7 @@ from typing import Any
 
 from scripts.local_lambda import REPO
 
-from . import on_efs, report
+from . import aoti, on_efs, report
 from .contenders import BOOTSTRAP, CONTENDERS
 from .efs import unavailable
 from .preprocess import ENV as SINGLE_THREAD
@@ -97,6 +97,8 @@ def main() -> int:
                 flush=True,
             )
         results["runs"].append(entry)
+    print(f"bench: AOTInductor against TorchScript ({time.monotonic() - began:.0f} s)", flush=True)
+    results["aoti"] = aoti.run(tree, args.quick, logs)
     results["seconds"] = time.monotonic() - began
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -2,7 +2,7 @@
 
 Every figure is the median over runs with the min-max range; a ratio between two contenders is
 computed within each run first (both measured minutes apart, in the same machine state), then
-summarised the same way. Targets come from issues 5, 6 and 16.
+summarised the same way. Targets come from issues 5, 6, 11 and 16.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from . import aoti
 from .contenders import CONTENDERS
 from .efs import Settings
 from .preprocess import RESIZE
@@ -565,6 +566,7 @@ def summary(results: dict[str, Any]) -> str:
         f"  {r[0]}: {r[1]} {r[2].strip('*')}"
         for r in preprocess_targets(results["preprocess"]["times_ms"])
     ]
+    lines += [aoti.summary(results.get("aoti", {}))]
     return "\n".join(lines)
 
 
@@ -582,6 +584,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         efs_section(runs),
         warm_section(runs, results["plan"]),
         preprocess_section(results["preprocess"], results["images"]),
+        aoti.section(results.get("aoti", {})),
     ]
     (out / "report.md").write_text("\n".join(sections))
     plot(results, out / "report.png")
