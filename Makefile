@@ -84,6 +84,8 @@ test-rust: $(VENV)/.setup $(FIXTURES)/.done
 	  cargo test --release --workspace --features lambdatorch/lambda
 
 test-python: $(VENV)/.lambdatorch $(FIXTURES)/.done dist/bootstrap.zip
+	# strace: tests/python/test_cold_start.py counts the file-system calls of a cold start.
+	command -v strace >/dev/null || { apt-get update -qq && apt-get install -y -qq strace; }
 	LAMBDATORCH_FIXTURES=$(CURDIR)/$(FIXTURES) $(PY) -m pytest -q
 
 # --- robustness ----------------------------------------------------------------------------
