@@ -4,8 +4,9 @@
 //! queued request becomes the leader: it waits for the requests still preprocessing to queue
 //! theirs, at most `max_delay` and never when nobody else is coming (a lone request runs at once),
 //! takes up to `max_batch` rows in arrival order, runs them as one batch and hands every request
-//! its own rows of the output. While a batch of the model runs, new requests queue up, so under
-//! load the next batch forms by itself even with no delay. A request whose input fails before it
+//! its own rows of the output. As many batches of a model run at once as the process has forward
+//! lanes ([`crate::lanes`]); while they run, new requests queue up, so under load the next batch
+//! forms by itself even with no delay. A request whose input fails before it
 //! is queued leaves the others unaffected; if a batch of several requests fails, each request is
 //! run alone, so an error reaches only the request that causes it.
 
@@ -30,6 +31,8 @@ pub struct Batched {
 pub struct Batcher {
     max_batch: usize,
     max_delay: Duration,
+    /// Batches of this model that may run at once.
+    lanes: usize,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -41,8 +44,8 @@ struct State {
     queue: VecDeque<Job>,
     /// Someone is gathering the next batch.
     gathering: bool,
-    /// A batch of this model is in its forward pass.
-    running: bool,
+    /// Batches of this model in their forward pass.
+    running: usize,
     next_id: u64,
     done: HashMap<u64, Result<(TensorData, Batched)>>,
 }
@@ -75,11 +78,13 @@ impl Drop for Ticket<'_> {
 }
 
 impl Batcher {
-    /// A queue that batches up to `max_batch` rows, waiting at most `max_delay` for more.
-    pub fn new(max_batch: usize, max_delay: Duration) -> Batcher {
+    /// A queue that batches up to `max_batch` rows, waiting at most `max_delay` for more, and
+    /// runs up to `lanes` batches at once.
+    pub fn new(max_batch: usize, max_delay: Duration, lanes: usize) -> Batcher {
         Batcher {
             max_batch: max_batch.max(1),
             max_delay,
+            lanes: lanes.max(1),
             state: Mutex::default(),
             changed: Condvar::new(),
         }
@@ -126,7 +131,7 @@ impl Batcher {
             if let Some(result) = state.done.remove(&id) {
                 return result;
             }
-            if state.gathering || state.running || state.queue.is_empty() {
+            if state.gathering || state.running >= self.lanes || state.queue.is_empty() {
                 state = self.wait(state, None);
                 continue;
             }
@@ -141,11 +146,11 @@ impl Batcher {
             }
             let batch = self.take_batch(&mut state);
             state.gathering = false;
-            state.running = true;
+            state.running += 1;
             drop(state);
             let results = run_batch(batch, &forward);
             state = self.lock();
-            state.running = false;
+            state.running -= 1;
             state.done.extend(results);
             self.changed.notify_all();
         }
@@ -248,7 +253,7 @@ mod tests {
 
     #[test]
     fn a_lone_request_runs_at_once() -> Result<()> {
-        let batcher = Batcher::new(8, Duration::from_secs(10));
+        let batcher = Batcher::new(8, Duration::from_secs(10), 1);
         let started = Instant::now();
         let (output, batched) = batcher.run(batcher.enter(), row(1.0), doubled)?;
         assert!(
@@ -262,7 +267,7 @@ mod tests {
 
     #[test]
     fn concurrent_requests_share_batches_and_get_their_own_rows() {
-        let batcher = Batcher::new(4, Duration::from_millis(200));
+        let batcher = Batcher::new(4, Duration::from_millis(200), 1);
         let sizes = std::thread::scope(|s| {
             let handles: Vec<_> = (0..12)
                 .map(|i| {
@@ -289,8 +294,35 @@ mod tests {
     }
 
     #[test]
+    fn batches_of_one_model_run_side_by_side_in_its_lanes() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let batcher = Batcher::new(2, Duration::ZERO, 2);
+        let (running, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let slow = |input: &tch::Tensor| -> Result<TensorData> {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(50));
+            running.fetch_sub(1, Ordering::SeqCst);
+            doubled(input)
+        };
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let (batcher, slow) = (&batcher, &slow);
+                s.spawn(move || {
+                    let (output, batched) =
+                        batcher.run(batcher.enter(), row(i as f32), slow).expect("answer");
+                    let value = i as f32 * 2.0;
+                    assert_eq!(output.elements, Elements::Float32(vec![value, value + 1.0]));
+                    assert!(batched.batch_size <= 2);
+                });
+            }
+        });
+        assert_eq!(most.load(Ordering::SeqCst), 2, "never two batches at once");
+    }
+
+    #[test]
     fn a_failing_input_fails_only_its_own_request() {
-        let batcher = Batcher::new(8, Duration::from_millis(100));
+        let batcher = Batcher::new(8, Duration::from_millis(100), 1);
         // The "model" refuses rows holding a negative number.
         let picky = |input: &tch::Tensor| -> Result<TensorData> {
             let negative = input
@@ -320,7 +352,7 @@ mod tests {
 
     #[test]
     fn a_request_that_never_queues_is_not_waited_for() -> Result<()> {
-        let batcher = Batcher::new(8, Duration::from_secs(30));
+        let batcher = Batcher::new(8, Duration::from_secs(30), 1);
         let abandoned = batcher.enter();
         std::thread::scope(|s| {
             let waiting = s.spawn(|| batcher.run(batcher.enter(), row(1.0), doubled));

@@ -24,6 +24,7 @@ pub mod events;
 pub mod image;
 pub mod input;
 pub mod jpeg;
+pub mod lanes;
 pub mod limits;
 pub mod manifest;
 pub mod model;

@@ -20,6 +20,7 @@ use crate::batcher::{Batcher, Ticket};
 use crate::error::{Error, Result};
 use crate::image::ImageSource;
 use crate::input::InputPipeline;
+use crate::lanes::{self, Lanes};
 use crate::limits::Limits;
 use crate::manifest::{Format, Manifest, ModelDir, Threads};
 use crate::output::{OutputHead, Prediction};
@@ -348,14 +349,12 @@ impl Model {
     /// One forward pass on a tensor that passed the checks; the first output, copied out.
     fn run(&self, input: &tch::Tensor) -> Result<TensorData> {
         let outputs = {
-            // One forward pass at a time in the process, each with its model's threads: libtorch's
-            // thread count is process-wide, and concurrent OpenMP pools oversubscribe the cores
-            // (the benchmark saw 70 ms forwards take a second). Concurrent requests share a pass
-            // through the batcher instead.
-            let _exclusive = FORWARD
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            backend::set_threads(self.threads);
+            // Forward passes run in the process's lanes, each with its model's threads within the
+            // lane's share: concurrent OpenMP pools beyond the cores collapse (the benchmark saw
+            // 70 ms forwards take a second).
+            let lanes = Lanes::global();
+            let _lane = lanes.acquire();
+            backend::set_threads(lanes.threads(self.threads));
             self.backend.forward(std::slice::from_ref(input))
         }
         .map_err(|message| Error::inference(self.name(), message))?;
@@ -406,18 +405,12 @@ impl Model {
     }
 }
 
-/// Held for the duration of a forward pass: see [`Model::run`].
-static FORWARD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// Whether batching is on: when Lambda sends concurrent requests (`AWS_LAMBDA_MAX_CONCURRENCY` above
 /// 1), when the manifest has `batching`, or when `LAMBDATORCH_BATCH_DELAY_MS` is set (which also
 /// overrides the manifest's delay). Off for a model that takes one batch size only.
 fn batcher_for(manifest: &Manifest, sizes: BatchSizes) -> Result<Option<Batcher>> {
     let env_delay = batching_delay()?;
-    let concurrent = std::env::var("AWS_LAMBDA_MAX_CONCURRENCY")
-        .ok()
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .is_some_and(|n| n > 1);
+    let concurrent = lanes::concurrent();
     let manifest_delay = manifest.batching.as_ref().map(|b| b.max_delay_ms);
     let on = concurrent || env_delay.is_some() || manifest_delay.is_some();
     if !on || matches!(sizes, BatchSizes::Exactly(_)) {
@@ -427,6 +420,7 @@ fn batcher_for(manifest: &Manifest, sizes: BatchSizes) -> Result<Option<Batcher>
     Ok(Some(Batcher::new(
         manifest.max_batch,
         std::time::Duration::from_millis(delay),
+        Lanes::global().count(),
     )))
 }
 

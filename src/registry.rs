@@ -3,10 +3,17 @@
 //! Models are loaded once and shared (`Arc<Model>`) by every caller in the process: the Python
 //! `load`, the service core and both handlers. Loading takes only that model's own lock, so other
 //! models keep serving while one loads, and concurrent first requests for a model load it once.
-//! The cache keeps the models' files within a memory budget (`LAMBDATORCH_MODEL_CACHE_MB`) by
-//! evicting the least recently used model that no request holds; a model larger than the whole
-//! budget is refused before it is loaded. Names are checked against the design's pattern and the
-//! resolved directory must stay under the models root, symlinks included.
+//!
+//! The cache keeps loaded models within a memory budget (`LAMBDATORCH_MODEL_CACHE_MB`) by evicting
+//! the least recently used model that no request holds. The budget is resident memory, not file
+//! sizes: a loaded model costs more than its file (ResNet-18's 45 MB file adds about 100 MB to a
+//! fresh process: libtorch's kernels, allocator pools and warmup buffers), and glibc keeps freed
+//! memory unless told to give it back. So each model is charged what the process grew by while it
+//! loaded (at least its file), and the cache counts the larger of those charges and the process's
+//! real growth since its first load. Loads under a budget run one at a time so that each is
+//! measured alone. A model whose file is larger than the whole budget is refused before it is
+//! loaded. Names are checked against the design's pattern and the resolved directory must stay
+//! under the models root, symlinks included.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,11 +30,15 @@ use crate::model::Model;
 const RESERVED_MB: u64 = 768;
 
 /// Loaded models keyed by their canonical directory.
-#[derive(Default)]
 pub struct Registry {
     slots: Mutex<HashMap<PathBuf, Arc<Slot>>>,
-    /// Budget for loaded models' files, in bytes; `None`: unbounded.
+    /// Budget for loaded models, in bytes of resident memory; `None`: unbounded.
     budget: Option<u64>,
+    /// Held while a model loads under a budget; holds the process's resident bytes before the
+    /// first load, from which the cache counts the process's growth.
+    loading: Mutex<Option<u64>>,
+    /// The process's resident bytes (a constant zero charges models their files only).
+    resident: fn() -> u64,
     clock: AtomicU64,
 }
 
@@ -35,8 +46,10 @@ pub struct Registry {
 #[derive(Default)]
 struct Slot {
     model: Mutex<Option<Arc<Model>>>,
-    /// What the loaded model counts against the budget.
-    bytes: AtomicU64,
+    /// What the loaded model counts against the budget (zero when it is not loaded).
+    charge: AtomicU64,
+    /// The charge of its last load, kept after eviction: what loading it again will take.
+    last_charge: AtomicU64,
     last_used: AtomicU64,
 }
 
@@ -50,11 +63,25 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 static GLOBAL: OnceLock<Registry> = OnceLock::new();
 
 impl Registry {
-    /// A registry that keeps loaded models' files within `budget` bytes (`None`: no limit).
+    /// A registry that keeps loaded models within `budget` bytes of resident memory (`None`: no
+    /// limit).
     pub fn with_budget(budget: Option<u64>) -> Registry {
         Registry {
+            slots: Mutex::default(),
             budget,
-            ..Registry::default()
+            loading: Mutex::new(None),
+            resident: resident_bytes,
+            clock: AtomicU64::new(0),
+        }
+    }
+
+    /// A registry that charges each model its files only, blind to resident memory: its
+    /// evictions depend on nothing else in the process, which tests of the policy need.
+    #[doc(hidden)]
+    pub fn charging_files(budget: Option<u64>) -> Registry {
+        Registry {
+            resident: || 0,
+            ..Registry::with_budget(budget)
         }
     }
 
@@ -78,25 +105,38 @@ impl Registry {
             return Ok(Arc::clone(model));
         }
         let dir = ModelDir::open(path)?;
-        let bytes = footprint(&dir.model_file);
-        if let Some(budget) = self.budget {
-            if bytes > budget {
-                return Err(Error::manifest(
-                    &dir.manifest_path,
-                    "file",
-                    format!(
-                        "the model takes {} MB, more than the whole model cache of {} MB: raise \
-                         LAMBDATORCH_MODEL_CACHE_MB (and the function's memory)",
-                        bytes.div_ceil(1 << 20),
-                        budget >> 20
-                    ),
-                ));
-            }
-            self.make_room(bytes, &key);
+        let Some(budget) = self.budget else {
+            let loaded = Arc::new(Model::load(dir, Limits::from_env()?)?);
+            *model = Some(Arc::clone(&loaded));
+            return Ok(loaded);
+        };
+        let file = footprint(&dir.model_file);
+        if file > budget {
+            return Err(Error::manifest(
+                &dir.manifest_path,
+                "file",
+                format!(
+                    "the model takes {} MB, more than the whole model cache of {} MB: raise \
+                     LAMBDATORCH_MODEL_CACHE_MB (and the function's memory)",
+                    file.div_ceil(1 << 20),
+                    budget >> 20
+                ),
+            ));
         }
+        let mut loading = lock(&self.loading);
+        let baseline = *loading.get_or_insert_with(self.resident);
+        let expected = file.max(slot.last_charge.load(Ordering::Relaxed));
+        self.make_room(expected, &key, baseline);
+        let before = (self.resident)();
         let loaded = Arc::new(Model::load(dir, Limits::from_env()?)?);
-        slot.bytes.store(bytes, Ordering::Relaxed);
+        let charge = file.max((self.resident)().saturating_sub(before));
+        slot.charge.store(charge, Ordering::Relaxed);
+        slot.last_charge.store(charge, Ordering::Relaxed);
         *model = Some(Arc::clone(&loaded));
+        drop(model);
+        // It may have cost more than expected: the others make room for it now.
+        self.make_room(0, &key, baseline);
+        drop(loading);
         Ok(loaded)
     }
 
@@ -120,22 +160,24 @@ impl Registry {
     /// Evicts least recently used idle models until `bytes` more fit the budget. A model is idle
     /// when only the cache holds it (no request, no Python object) and it is not loading. If the
     /// rest is busy, the load goes ahead over the budget until they are released.
-    fn make_room(&self, bytes: u64, loading: &Path) {
+    fn make_room(&self, bytes: u64, loading: &Path, baseline: u64) {
         let Some(budget) = self.budget else { return };
         let slots = lock(&self.slots);
-        let mut used: u64 = slots
-            .values()
-            .map(|slot| slot.bytes.load(Ordering::Relaxed))
-            .sum();
+        let used = || {
+            let charged: u64 = slots
+                .values()
+                .map(|slot| slot.charge.load(Ordering::Relaxed))
+                .sum();
+            charged.max((self.resident)().saturating_sub(baseline))
+        };
         let mut candidates: Vec<&Arc<Slot>> = slots
             .iter()
             .filter(|(dir, _)| dir.as_path() != loading)
             .map(|(_, slot)| slot)
             .collect();
         candidates.sort_by_key(|slot| slot.last_used.load(Ordering::Relaxed));
-        let mut evicted = false;
         for slot in candidates {
-            if used + bytes <= budget {
+            if used() + bytes <= budget {
                 break;
             }
             let Ok(mut model) = slot.model.try_lock() else {
@@ -143,20 +185,29 @@ impl Registry {
             };
             if model.as_ref().is_some_and(|m| Arc::strong_count(m) == 1) {
                 *model = None;
-                used -= slot.bytes.swap(0, Ordering::Relaxed);
-                evicted = true;
-            }
-        }
-        if evicted {
-            // glibc keeps freed memory in its arenas; without this an evicted model's weights
-            // stay resident and the budget bounds nothing.
-            // SAFETY: malloc_trim only releases free memory back to the system; it has no
-            // preconditions and touches no live allocation.
-            unsafe {
-                libc::malloc_trim(0);
+                slot.charge.store(0, Ordering::Relaxed);
+                drop(model);
+                // glibc keeps freed memory in its arenas; without this an evicted model's
+                // weights stay resident and the budget bounds nothing.
+                // SAFETY: malloc_trim only releases free memory back to the system; it has no
+                // preconditions and touches no live allocation.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
             }
         }
     }
+}
+
+/// The process's resident memory in bytes (`/proc/self/statm`), zero where it cannot be read.
+fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).unwrap_or(4096)
 }
 
 /// What a model counts against the cache: its file, or the files of its directory (an

@@ -146,7 +146,7 @@ fn the_cache_evicts_idle_models_least_recently_used_first() -> lambdatorch::Resu
         |name: &str| std::fs::metadata(models().join(name).join("model.pt")).map_or(0, |m| m.len());
     // Room for "tiny" and "gray" together, not for a third model beside them.
     let budget = size("tiny") + size("gray") + size("tensor") / 2;
-    let registry = Registry::with_budget(Some(budget));
+    let registry = Registry::charging_files(Some(budget));
     let loaded = |registry: &Registry| -> Vec<String> {
         registry
             .loaded()

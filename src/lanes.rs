@@ -1,0 +1,131 @@
+//! The process-wide CPU plan for forward passes: how many run at once ("lanes") and how many of
+//! libtorch's intra-op threads each may use, so that concurrency never oversubscribes the cores.
+//!
+//! One request at a time (the sequential handler, Python), a single lane gives each forward pass
+//! every usable CPU. When Lambda sends concurrent requests (`AWS_LAMBDA_MAX_CONCURRENCY` above 1),
+//! there is one lane per usable CPU, each forward pass on one thread: batches of one model or of
+//! several run side by side instead of queueing behind a pass whose threads wait on each other
+//! (measured on 2 cores with ResNet-18: two one-thread lanes serve more images per second than
+//! one two-thread lane, and a lone request meets a free lane instead of a whole batch ahead).
+//! libtorch's thread count is per calling thread under OpenMP (`omp_set_num_threads`), so each
+//! pass sets its own before it runs.
+
+use std::sync::{Condvar, Mutex, OnceLock};
+
+use crate::model::usable_cpus;
+
+/// The plan: `lanes` forward passes at once, each with at most `threads` intra-op threads.
+#[derive(Debug)]
+pub struct Lanes {
+    lanes: usize,
+    threads: usize,
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// A forward pass's place in a lane; dropped when the pass ends.
+#[derive(Debug)]
+pub struct Lane<'a> {
+    plan: &'a Lanes,
+}
+
+impl Drop for Lane<'_> {
+    fn drop(&mut self) {
+        *self.plan.lock() += 1;
+        self.plan.freed.notify_one();
+    }
+}
+
+impl Lanes {
+    /// `lanes` passes at once, sharing `cpus` threads between them.
+    pub fn new(lanes: usize, cpus: usize) -> Lanes {
+        let lanes = lanes.clamp(1, cpus.max(1));
+        Lanes {
+            lanes,
+            threads: (cpus / lanes).max(1),
+            free: Mutex::new(lanes),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// The process's plan: one lane, or one per usable CPU when Lambda sends concurrent requests.
+    pub fn global() -> &'static Lanes {
+        static PLAN: OnceLock<Lanes> = OnceLock::new();
+        PLAN.get_or_init(|| {
+            let cpus = usable_cpus();
+            Lanes::new(if concurrent() { cpus } else { 1 }, cpus)
+        })
+    }
+
+    /// Forward passes that may run at once.
+    pub fn count(&self) -> usize {
+        self.lanes
+    }
+
+    /// The intra-op threads for a pass of a model that asks for `wanted`.
+    pub fn threads(&self, wanted: usize) -> usize {
+        wanted.clamp(1, self.threads)
+    }
+
+    /// Waits for a free lane.
+    pub fn acquire(&self) -> Lane<'_> {
+        let mut free = self.lock();
+        while *free == 0 {
+            free = self
+                .freed
+                .wait(free)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *free -= 1;
+        Lane { plan: self }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        // A count, consistent between statements: a panic elsewhere cannot tear it.
+        self.free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Whether Lambda sends this process concurrent requests (`AWS_LAMBDA_MAX_CONCURRENCY` above 1).
+pub fn concurrent() -> bool {
+    std::env::var("AWS_LAMBDA_MAX_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .is_some_and(|n| n > 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn the_plan_never_gives_out_more_threads_than_cpus() {
+        let plan = Lanes::new(2, 2);
+        assert_eq!((plan.count(), plan.threads(4)), (2, 1));
+        let plan = Lanes::new(1, 8);
+        assert_eq!((plan.count(), plan.threads(8), plan.threads(3)), (1, 8, 3));
+        let plan = Lanes::new(16, 4);
+        assert_eq!((plan.count(), plan.threads(0)), (4, 1));
+    }
+
+    #[test]
+    fn at_most_count_passes_run_at_once() {
+        let plan = Lanes::new(2, 2);
+        let (running, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    let _lane = plan.acquire();
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        assert_eq!(most.load(Ordering::SeqCst), 2);
+    }
+}
