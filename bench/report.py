@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from . import aoti
+from . import aoti, concurrency
 from .contenders import CONTENDERS
 from .efs import Settings
 from .preprocess import RESIZE
@@ -567,6 +567,7 @@ def summary(results: dict[str, Any]) -> str:
         for r in preprocess_targets(results["preprocess"]["times_ms"])
     ]
     lines += [aoti.summary(results.get("aoti", {}))]
+    lines += [concurrency.summary(results.get("concurrency", {}))]
     return "\n".join(lines)
 
 
@@ -585,6 +586,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         warm_section(runs, results["plan"]),
         preprocess_section(results["preprocess"], results["images"]),
         aoti.section(results.get("aoti", {})),
+        concurrency.section(results.get("concurrency", {})),
     ]
     (out / "report.md").write_text("\n".join(sections))
     plot(results, out / "report.png")

@@ -184,8 +184,8 @@ impl Registry {
                 continue; // loading right now
             };
             if model.as_ref().is_some_and(|m| Arc::strong_count(m) == 1) {
-                *model = None;
-                slot.charge.store(0, Ordering::Relaxed);
+                let name = model.take().map(|m| m.name().to_owned());
+                let charge = slot.charge.swap(0, Ordering::Relaxed);
                 drop(model);
                 // glibc keeps freed memory in its arenas; without this an evicted model's
                 // weights stay resident and the budget bounds nothing.
@@ -194,6 +194,13 @@ impl Registry {
                 unsafe {
                     libc::malloc_trim(0);
                 }
+                tracing::info!(
+                    model = name.as_deref().unwrap_or_default(),
+                    charge_mb = charge >> 20,
+                    grown_mb = (self.resident)().saturating_sub(baseline) >> 20,
+                    budget_mb = budget >> 20,
+                    "model cache: evicted the least recently used model"
+                );
             }
         }
     }
