@@ -271,7 +271,7 @@ def run(tree: Tree, quick: bool, logs: Path) -> dict[str, Any]:
                 "compile_s": export["export_s"],
                 "cached": seconds is None,
                 "cpu_isa": manifest.get("cpu_isa"),
-                "optimization": export["optimization"],
+                "optimization": export.get("optimization", "?"),
             }
     image = tree.image("0.3MP").read_bytes()
     results["rounds"] = []
