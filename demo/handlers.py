@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for scripts/
-from scripts.local_lambda import BOOTSTRAP, FUNCTION_ENV, REPO, StartError, start, stop
+from scripts.local_lambda import (
+    BOOTSTRAP,
+    FUNCTION_ENV,
+    REPO,
+    StartError,
+    sample_events,
+    start,
+    stop,
+)
 
 FIXTURE = "example-apigw-v2-request-no-authorizer.json"
 MODEL = "digits"
@@ -75,23 +83,10 @@ def tail(path: Path, lines: int = 15) -> str:
 
 # --- events --------------------------------------------------------------------------------------
 def fixture_path() -> Path:
-    try:
-        out = subprocess.run(
-            ["cargo", "metadata", "--format-version", "1"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_S,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError) as err:
-        raise DemoError(f"`cargo metadata` failed: {err}") from err
-    for package in json.loads(out.stdout)["packages"]:
-        if package["name"] == "aws_lambda_events":
-            path = Path(package["manifest_path"]).parent / "src" / "fixtures" / FIXTURE
-            if path.is_file():
-                return path
-    raise DemoError(f"no aws_lambda_events package with src/fixtures/{FIXTURE} in cargo metadata")
+    path = sample_events() / FIXTURE
+    if not path.is_file():
+        raise DemoError(f"no {FIXTURE} among AWS's sample events in {path.parent}")
+    return path
 
 
 def http_api_event(sample: Path, png: bytes) -> dict[str, Any]:

@@ -5,7 +5,8 @@
   2.13.0 is a CUDA build of several GB; ``libtorch_cpu.so`` finds its nvidia-* packages through
   its RPATH, hence the nvidia link too). On AWS you install the CPU-only build instead (README).
 - a handler process started as Lambda starts one (its own process group, the environment Lambda
-  sets) and stopped with everything it started.
+  sets) and stopped with everything it started;
+- AWS's sample events, which ship in the ``aws_lambda_events`` crate (``sample_events``).
 
 Imported as ``scripts.local_lambda``: ``python -m bench`` runs from the repository; the demo's
 scripts put the repository on ``sys.path`` first.
@@ -14,6 +15,7 @@ scripts put the repository on ``sys.path`` first.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -39,6 +41,26 @@ FUNCTION_ENV = {
 
 class StartError(Exception):
     """A process could not be started; the message names it and why."""
+
+
+def sample_events() -> Path:
+    """The directory of AWS's sample events in the ``aws_lambda_events`` crate, a dependency of
+    the handler, so cargo already holds its source."""
+    try:
+        out = subprocess.run(
+            ["cargo", "metadata", "--format-version", "1"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError) as err:
+        raise StartError(f"`cargo metadata` failed: {err}") from err
+    for package in json.loads(out.stdout)["packages"]:
+        if package["name"] == "aws_lambda_events":
+            return Path(package["manifest_path"]).parent / "src" / "fixtures"
+    raise StartError("no aws_lambda_events package in `cargo metadata`")
 
 
 def run(*args: str | os.PathLike[str], **env: str) -> None:

@@ -23,24 +23,14 @@ from typing import Any
 
 from fixture_data import REPO
 
+from scripts.local_lambda import sample_events
+
 SITE = Path(sysconfig.get_paths()["purelib"])
 LAMBDA_BIN = REPO / "target" / "lambda"
 TIMEOUT = 60
 
 
-def crate_dir(name: str) -> Path:
-    out = subprocess.run(
-        ["cargo", "metadata", "--format-version", "1"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    package = next(p for p in json.loads(out.stdout)["packages"] if p["name"] == name)
-    return Path(package["manifest_path"]).parent
-
-
-SAMPLES = crate_dir("aws_lambda_events") / "src" / "fixtures"
+SAMPLES = sample_events()
 SAMPLE_FILES = {
     "apigw-v1": "example-apigw-request.json",
     "apigw-v2": "example-apigw-v2-request-no-authorizer.json",
