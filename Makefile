@@ -70,7 +70,7 @@ dist/bootstrap.zip: target/lambda/.built scripts/package_lambda.py
 	$(PY) scripts/package_lambda.py target/lambda $@
 
 fixtures: $(FIXTURES)/.done
-$(FIXTURES)/.done: scripts/make_fixtures.py python/lambdatorch/_manifests.py $(VENV)/.setup
+$(FIXTURES)/.done: scripts/make_fixtures.py scripts/text_fixtures.py python/lambdatorch/_manifests.py $(VENV)/.setup
 	$(PY) scripts/make_fixtures.py $(FIXTURES)
 	touch $@
 

@@ -13,6 +13,7 @@ Layout::
       aoti/models/<name>/   the same, unpacked by add-model's code, with manifests (a root of
                             their own, so the TorchScript tests' model lists stay as they are)
       aoti/<name>.npz       inputs and ExportedProgram.module()'s outputs on them
+      text/                 text models, their tokenizers and expected outputs (text_fixtures.py)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 import torchvision
 from PIL import Image
 from skimage import data as skdata
+from text_fixtures import make_text_models
 
 REPO = Path(__file__).resolve().parents[1]
 #: The manifest presets of ``lambdatorch add-model`` and ``export``, read from the source tree (by
@@ -427,6 +429,7 @@ def main() -> None:
     make_dtype_models(out / "models")
     make_images(out / "images")
     make_aoti_models(out / "aoti")
+    make_text_models(out / "text")
     print(f"fixtures written to {out}")
 
 

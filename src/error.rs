@@ -95,6 +95,12 @@ pub enum Limit {
     PayloadBytes,
     /// Elements of a tensor request or `forward` input (`LAMBDATORCH_MAX_TENSOR_ELEMENTS`).
     TensorElements,
+    /// UTF-8 bytes of one text (`LAMBDATORCH_MAX_TEXT_BYTES`).
+    TextBytes,
+    /// Tokens of one text when the manifest turns truncation off (its `input.max_length`).
+    TextTokens,
+    /// Texts in one request (`LAMBDATORCH_MAX_BATCH`).
+    Texts,
 }
 
 impl Limit {
@@ -104,6 +110,9 @@ impl Limit {
             Limit::ImageDecoderBytes => "the memory the image decoder needs in bytes",
             Limit::PayloadBytes => "the request payload in bytes",
             Limit::TensorElements => "the tensor's element count",
+            Limit::TextBytes => "the text's length in UTF-8 bytes",
+            Limit::TextTokens => "the text's token count (the manifest has \"truncation\": false)",
+            Limit::Texts => "the number of texts in the request",
         }
     }
 
@@ -113,6 +122,9 @@ impl Limit {
             Limit::ImageDecoderBytes => None,
             Limit::PayloadBytes => Some("LAMBDATORCH_MAX_PAYLOAD_BYTES"),
             Limit::TensorElements => Some("LAMBDATORCH_MAX_TENSOR_ELEMENTS"),
+            Limit::TextBytes => Some("LAMBDATORCH_MAX_TEXT_BYTES"),
+            Limit::TextTokens => None,
+            Limit::Texts => Some("LAMBDATORCH_MAX_BATCH"),
         }
     }
 

@@ -22,6 +22,7 @@ use crate::error::{contain, Error, Result};
 use crate::limits::Limits;
 use crate::service::{Payload, Request, Response, Service};
 use crate::tensor::{check_fills, Scalar};
+use crate::text::TextSource;
 
 /// Where an event came from; decides the response shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,13 +300,22 @@ fn parse_http(parts: HttpParts, limits: &Limits) -> Result<Request> {
         body.into_bytes()
     };
     let content_type = parts.content_type.unwrap_or_default();
-    let is_json = content_type.starts_with("application/json")
+    let is_text = content_type.starts_with("text/plain");
+    let is_json = !is_text && content_type.starts_with("application/json")
         || (!content_type.starts_with("image/")
             && bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'));
     let mut request = if is_json {
         let json: Value = serde_json::from_slice(&bytes)
             .map_err(|err| Error::invalid_input(format!("the body is not valid JSON: {err}")))?;
         parse_direct(json, limits)?
+    } else if is_text {
+        check_charset(&content_type)?;
+        limits.check_text_bytes(bytes.len())?;
+        Request {
+            model: None,
+            payload: Payload::Text(TextSource::from_utf8(bytes)?),
+            top_k: None,
+        }
     } else {
         Request {
             model: None,
@@ -327,6 +337,22 @@ fn parse_http(parts: HttpParts, limits: &Limits) -> Result<Request> {
         }
     }
     Ok(request)
+}
+
+/// A `text/plain` body must be UTF-8: a `charset` parameter, when given, must say so.
+fn check_charset(content_type: &str) -> Result<()> {
+    let charset = content_type
+        .split(';')
+        .skip(1)
+        .filter_map(|param| param.split_once('='))
+        .find(|(name, _)| name.trim() == "charset")
+        .map(|(_, value)| value.trim().trim_matches('"'));
+    match charset {
+        None | Some("utf-8" | "utf8" | "us-ascii") => Ok(()),
+        Some(other) => Err(Error::invalid_input(format!(
+            "a text/plain body must be UTF-8, this one says charset={other}"
+        ))),
+    }
 }
 
 /// `.../models/<name>` (with or without a trailing slash) names a model.
@@ -365,7 +391,36 @@ struct DirectRequest {
     #[serde(default)]
     tensor: Option<TensorRequest>,
     #[serde(default)]
+    text: Option<TextField>,
+    #[serde(default)]
+    texts: Option<Vec<TextField>>,
+    #[serde(default)]
     top_k: Option<i64>,
+}
+
+/// A text, or a pair of texts for pair models.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TextField {
+    Single(String),
+    Pair([String; 2]),
+}
+
+impl TextField {
+    fn into_source(self, limits: &Limits) -> Result<TextSource> {
+        let source = match self {
+            TextField::Single(text) => TextSource::Single(text),
+            TextField::Pair([first, second]) => TextSource::Pair(first, second),
+        };
+        match &source {
+            TextSource::Single(text) => limits.check_text_bytes(text.len())?,
+            TextSource::Pair(first, second) => {
+                limits.check_text_bytes(first.len())?;
+                limits.check_text_bytes(second.len())?;
+            }
+        }
+        Ok(source)
+    }
 }
 
 #[derive(Deserialize)]
@@ -392,6 +447,9 @@ fn parse_direct(event: Value, limits: &Limits) -> Result<Request> {
     if let Some(elements) = length("/tensor/data") {
         limits.check_tensor_elements(elements)?;
     }
+    if let Some(texts) = length("/texts") {
+        limits.check_text_count(texts)?;
+    }
     if let Some(images) = length("/images").filter(|&n| n > limits.max_batch) {
         return Err(Error::invalid_input(format!(
             "a batch of {images} inputs is over the limit of {} (LAMBDATORCH_MAX_BATCH)",
@@ -407,35 +465,64 @@ fn parse_direct(event: Value, limits: &Limits) -> Result<Request> {
             Error::invalid_input(format!("invalid request field `{field}`: {inner}"))
         }
     })?;
-    let payload =
-        match (direct.image, direct.images, direct.tensor) {
-            (Some(image), None, None) => {
-                limits.check_payload(image.len())?;
-                Payload::Image(decode_base64(&image, "\"image\"")?)
-            }
-            (None, Some(images), None) => {
-                limits.check_payload(images.iter().map(String::len).sum())?;
-                let images = images
-                    .iter()
-                    .enumerate()
-                    .map(|(i, image)| decode_base64(image, &format!("\"images\"[{i}]")))
-                    .collect::<Result<Vec<_>>>()?;
-                Payload::Images(images)
-            }
-            (None, None, Some(TensorRequest { shape, data })) => {
-                check_fills(&shape, data.len())?;
-                Payload::Tensor { shape, data }
-            }
-            (None, None, None) => return Err(Error::invalid_input(
-                "the request has no input: send \"image\" (base64), \"images\" (a list of base64) \
-                 or \"tensor\" ({\"shape\": [...], \"data\": [...]})",
-            )),
-            _ => {
-                return Err(Error::invalid_input(
-                    "send only one of \"image\", \"images\" and \"tensor\"",
-                ))
-            }
-        };
+    let given = [
+        direct.image.is_some(),
+        direct.images.is_some(),
+        direct.tensor.is_some(),
+        direct.text.is_some(),
+        direct.texts.is_some(),
+    ];
+    if given.iter().filter(|&&g| g).count() > 1 {
+        return Err(Error::invalid_input(
+            "send only one of \"image\", \"images\", \"tensor\", \"text\" and \"texts\"",
+        ));
+    }
+    if let Some(text) = direct.text {
+        return Ok(Request {
+            model: direct.model,
+            payload: Payload::Text(text.into_source(limits)?),
+            top_k: direct.top_k,
+        });
+    }
+    if let Some(texts) = direct.texts {
+        let texts = texts
+            .into_iter()
+            .map(|text| text.into_source(limits))
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(Request {
+            model: direct.model,
+            payload: Payload::Texts(texts),
+            top_k: direct.top_k,
+        });
+    }
+    let payload = match (direct.image, direct.images, direct.tensor) {
+        (Some(image), None, None) => {
+            limits.check_payload(image.len())?;
+            Payload::Image(decode_base64(&image, "\"image\"")?)
+        }
+        (None, Some(images), None) => {
+            limits.check_payload(images.iter().map(String::len).sum())?;
+            let images = images
+                .iter()
+                .enumerate()
+                .map(|(i, image)| decode_base64(image, &format!("\"images\"[{i}]")))
+                .collect::<Result<Vec<_>>>()?;
+            Payload::Images(images)
+        }
+        (None, None, Some(TensorRequest { shape, data })) => {
+            check_fills(&shape, data.len())?;
+            Payload::Tensor { shape, data }
+        }
+        (None, None, None) => return Err(Error::invalid_input(
+            "the request has no input: send \"image\" (base64), \"images\" (a list of base64), \
+                 \"tensor\" ({\"shape\": [...], \"data\": [...]}), \"text\" or \"texts\"",
+        )),
+        _ => {
+            return Err(Error::invalid_input(
+                "send only one of \"image\", \"images\" and \"tensor\"",
+            ))
+        }
+    };
     Ok(Request {
         model: direct.model,
         payload,
@@ -511,6 +598,32 @@ mod tests {
             err(json!({"tensor": {"shape": [-1], "data": [1.0]}})).contains("`tensor.shape[0]`")
         );
         assert!(err(json!({"images": vec!["AAAA"; 5]})).contains("LAMBDATORCH_MAX_BATCH"));
+        assert!(err(json!({"text": "a", "image": "AAAA"})).contains("only one"));
+        assert!(err(json!({"text": 3})).contains("`text`"));
+        assert!(err(json!({"texts": [["a", "b", "c"]]})).contains("`texts"));
+        assert!(matches!(
+            parse_direct(json!({"texts": vec!["a"; 5]}), &limits),
+            Err(Error::TooLarge {
+                limit: crate::error::Limit::Texts,
+                ..
+            })
+        ));
+        let long = "a".repeat(limits.max_text_bytes as usize + 1);
+        assert!(matches!(
+            parse_direct(json!({"texts": ["ok", ["ok", long]]}), &limits),
+            Err(Error::TooLarge {
+                limit: crate::error::Limit::TextBytes,
+                ..
+            })
+        ));
+        let pair = parse_direct(json!({"texts": ["one", ["a", "b"]]}), &limits);
+        assert!(matches!(
+            pair.map(|r| r.payload),
+            Ok(Payload::Texts(t)) if t == vec![
+                TextSource::Single("one".into()),
+                TextSource::Pair("a".into(), "b".into()),
+            ]
+        ));
         let big = "A".repeat(2 << 20);
         assert!(matches!(
             parse_direct(json!({"image": big}), &limits),

@@ -1,13 +1,15 @@
 //! What a model takes: the manifest's `input` section made executable.
 //!
 //! The one place that knows the input's shape and dtype: it checks callers' tensors against
-//! them, builds the warmup input, and owns the image [`Preprocessor`] for image models.
+//! them, builds the warmup input, and owns the image [`Preprocessor`] for image models and the
+//! tokenizer ([`TextPipeline`]) for text models.
 
 use crate::error::{Error, Result};
 use crate::image::Preprocessor;
 use crate::limits::Limits;
-use crate::manifest::Input;
+use crate::manifest::{resolve_inside, Input, Kind, ModelDir};
 use crate::tensor::{element_count, DType, TensorData};
+use crate::text::TextPipeline;
 
 /// A model's input pipeline.
 #[derive(Debug)]
@@ -21,12 +23,14 @@ pub enum InputPipeline {
         /// Element type.
         dtype: DType,
     },
+    /// Texts, tokenized into int64 `[batch, tokens]` tensors.
+    Text(Box<TextPipeline>),
 }
 
 impl InputPipeline {
-    /// The pipeline for a manifest's `input`.
-    pub fn new(input: &Input, limits: &Limits) -> InputPipeline {
-        match input {
+    /// The pipeline for a model directory's `input` (a text model's tokenizer is read here).
+    pub fn load(dir: &ModelDir, limits: &Limits) -> Result<InputPipeline> {
+        Ok(match &dir.manifest.input {
             Input::Image(spec) => {
                 InputPipeline::Image(Preprocessor::new(spec, limits.max_image_pixels))
             }
@@ -34,7 +38,21 @@ impl InputPipeline {
                 shape: spec.shape.clone(),
                 dtype: spec.dtype,
             },
-        }
+            Input::Text(spec) => {
+                let path = resolve_inside(
+                    &dir.dir,
+                    &spec.tokenizer,
+                    &dir.manifest_path,
+                    "input.tokenizer",
+                    Kind::File,
+                )?;
+                InputPipeline::Text(Box::new(TextPipeline::load(
+                    &path,
+                    spec,
+                    &dir.manifest_path,
+                )?))
+            }
+        })
     }
 
     /// The input shape, batch first, `-1` where any size goes.
@@ -45,6 +63,7 @@ impl InputPipeline {
                 vec![-1, c as i64, h as i64, w as i64]
             }
             InputPipeline::Tensor { shape, .. } => shape.clone(),
+            InputPipeline::Text(_) => vec![-1, -1],
         }
     }
 
@@ -53,6 +72,7 @@ impl InputPipeline {
         match self {
             InputPipeline::Image(_) => DType::Float32,
             InputPipeline::Tensor { dtype, .. } => *dtype,
+            InputPipeline::Text(_) => DType::Int64,
         }
     }
 
@@ -60,7 +80,15 @@ impl InputPipeline {
     pub fn preprocessor(&self) -> Option<&Preprocessor> {
         match self {
             InputPipeline::Image(pre) => Some(pre),
-            InputPipeline::Tensor { .. } => None,
+            InputPipeline::Tensor { .. } | InputPipeline::Text(_) => None,
+        }
+    }
+
+    /// The tokenizer, when the model takes text.
+    pub fn text(&self) -> Option<&TextPipeline> {
+        match self {
+            InputPipeline::Text(text) => Some(text.as_ref()),
+            InputPipeline::Image(_) | InputPipeline::Tensor { .. } => None,
         }
     }
 
@@ -74,6 +102,14 @@ impl InputPipeline {
     /// before anything is copied: callers that copy (the Python `forward`) call it first.
     /// The batch size is the model's to check.
     pub fn check_shape(&self, shape: &[usize], limits: &Limits) -> Result<()> {
+        if self.text().is_some() {
+            // Token ids from a caller could index past the model's vocabulary (a libtorch
+            // error blamed on the model) and would skip the tokenizer the model was trained with.
+            return Err(Error::invalid_input(
+                "the model takes text (its manifest's input.type is \"text\"): send \"text\" or \
+                 \"texts\", or call predict, embed or tokenize",
+            ));
+        }
         limits.check_tensor_elements(element_count(shape).unwrap_or(usize::MAX))?;
         let want = self.shape();
         let fits = shape.len() == want.len()

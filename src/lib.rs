@@ -3,9 +3,10 @@
 //!
 //! One core, two front ends. A [`Model`] is a manifest ([`manifest`]) plus three parts, each in
 //! its own module: an [`input`] pipeline (images through [`image`] and [`jpeg`], preprocessed
-//! exactly as torchvision does; or tensors of the manifest's dtype, [`tensor`]), a [`backend`]
+//! exactly as torchvision does; texts through [`text`], tokenized by the Hugging Face `tokenizers`
+//! crate; or tensors of the manifest's dtype, [`tensor`]), a [`backend`]
 //! that runs the forward pass (TorchScript through libtorch's `tch` binding, or an AOTInductor
-//! package through a small C++ shim), and an [`output`] head (classification or raw). The
+//! package through a small C++ shim), and an [`output`] head (classification, embedding or raw). The
 //! [`batcher`] lets concurrent requests share forward passes. [`registry`] caches loaded models
 //! within a memory budget and maps request names to directories safely. [`service`] turns a request into a response and [`events`] maps Lambda
 //! events (direct, API Gateway v1/v2, Function URLs, ALB) to requests, responses to proxy
@@ -32,6 +33,7 @@ pub mod output;
 pub mod registry;
 pub mod service;
 pub mod tensor;
+pub mod text;
 
 #[cfg(feature = "lambda")]
 pub mod lambda;

@@ -22,6 +22,10 @@ pub const DEFAULT_MAX_BATCH: usize = 64;
 /// must fit Lambda's 6 MB).
 pub const DEFAULT_MAX_TOP_K: usize = 1000;
 
+/// Bytes of one text: far more than any model's context (512 tokens are a few KB), small enough
+/// that tokenizing a hostile text costs milliseconds.
+pub const DEFAULT_MAX_TEXT_BYTES: u64 = 64 * 1024;
+
 /// The limits in force, read once from the environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -35,6 +39,8 @@ pub struct Limits {
     pub max_batch: usize,
     /// `LAMBDATORCH_MAX_TOP_K`: predictions per input a request may ask for.
     pub max_top_k: usize,
+    /// `LAMBDATORCH_MAX_TEXT_BYTES`: UTF-8 bytes of each text, checked before tokenizing.
+    pub max_text_bytes: u64,
 }
 
 impl Default for Limits {
@@ -45,6 +51,7 @@ impl Default for Limits {
             max_tensor_elements: DEFAULT_MAX_TENSOR_ELEMENTS,
             max_batch: DEFAULT_MAX_BATCH,
             max_top_k: DEFAULT_MAX_TOP_K,
+            max_text_bytes: DEFAULT_MAX_TEXT_BYTES,
         }
     }
 }
@@ -65,6 +72,7 @@ impl Limits {
             )?,
             max_batch: env_limit("LAMBDATORCH_MAX_BATCH", defaults.max_batch as u64)? as usize,
             max_top_k: env_limit("LAMBDATORCH_MAX_TOP_K", defaults.max_top_k as u64)? as usize,
+            max_text_bytes: env_limit("LAMBDATORCH_MAX_TEXT_BYTES", defaults.max_text_bytes)?,
         })
     }
 
@@ -87,6 +95,30 @@ impl Limits {
                 limit: Limit::PayloadBytes,
                 actual: len as u64,
                 max: self.max_payload_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a text of `len` UTF-8 bytes before it is tokenized.
+    pub fn check_text_bytes(&self, len: usize) -> Result<()> {
+        if len as u64 > self.max_text_bytes {
+            return Err(Error::TooLarge {
+                limit: Limit::TextBytes,
+                actual: len as u64,
+                max: self.max_text_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a request of `count` texts (over `LAMBDATORCH_MAX_BATCH`) before any is read.
+    pub fn check_text_count(&self, count: usize) -> Result<()> {
+        if count > self.max_batch {
+            return Err(Error::TooLarge {
+                limit: Limit::Texts,
+                actual: count as u64,
+                max: self.max_batch as u64,
             });
         }
         Ok(())

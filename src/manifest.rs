@@ -104,6 +104,8 @@ pub enum Input {
     Image(ImageInput),
     /// A tensor given directly.
     Tensor(TensorInput),
+    /// Texts, tokenized into the model's named int64 inputs.
+    Text(TextInput),
 }
 
 /// Image preprocessing, defined to match torchvision's
@@ -209,6 +211,78 @@ pub struct TensorInput {
     pub dtype: DType,
 }
 
+/// Text tokenized with a Hugging Face `tokenizer.json`, as the Python `tokenizers` library does
+/// with the same settings (`enable_truncation(max_length)`, `enable_padding(...)`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextInput {
+    /// The tokenizer file in the model directory (`tokenizer.json`).
+    pub tokenizer: String,
+    /// Most tokens per text, special tokens included (also the padded length with
+    /// `"padding": "max_length"`).
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    /// `longest`: pad a batch to its longest text; `max_length`: always to `max_length`.
+    #[serde(default)]
+    pub padding: Padding,
+    /// Cut texts to `max_length` tokens; when false, longer texts are refused.
+    #[serde(default = "default_true")]
+    pub truncation: bool,
+    /// Each input is a pair of texts (question and passage, premise and hypothesis).
+    #[serde(default)]
+    pub pair: bool,
+    /// The model's inputs in the order of its `forward` arguments (TorchScript passes them by
+    /// position): `input_ids`, `attention_mask`, `token_type_ids`. `add-model` and `export`
+    /// read them from the model's `forward` schema.
+    #[serde(default = "default_text_inputs")]
+    pub inputs: Vec<TextTensor>,
+}
+
+fn default_max_length() -> usize {
+    128
+}
+
+fn default_text_inputs() -> Vec<TextTensor> {
+    vec![TextTensor::InputIds, TextTensor::AttentionMask]
+}
+
+/// The longest `max_length` a manifest may ask for.
+pub const MAX_TEXT_LENGTH: usize = 8192;
+
+/// How a batch of texts is padded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Padding {
+    /// To the longest text of the batch.
+    #[default]
+    Longest,
+    /// To `max_length`, always.
+    MaxLength,
+}
+
+/// One of the tensors a tokenizer makes, named as Hugging Face models name their arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextTensor {
+    /// Token ids.
+    InputIds,
+    /// 1 for tokens, 0 for padding.
+    AttentionMask,
+    /// Segment ids: 0 for the first text of a pair, 1 for the second.
+    TokenTypeIds,
+}
+
+impl TextTensor {
+    /// The argument name.
+    pub fn name(self) -> &'static str {
+        match self {
+            TextTensor::InputIds => "input_ids",
+            TextTensor::AttentionMask => "attention_mask",
+            TextTensor::TokenTypeIds => "token_type_ids",
+        }
+    }
+}
+
 /// What the model returns.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -217,6 +291,34 @@ pub enum Output {
     Classification(ClassificationOutput),
     /// The output tensor as is.
     Raw(RawOutput),
+    /// One vector per input, pooled over the tokens (text models).
+    Embedding(EmbeddingOutput),
+}
+
+/// Embedding output: token vectors pooled into one vector per text, as sentence-transformers'
+/// `Pooling` and `Normalize` modules do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingOutput {
+    /// How `[batch, tokens, dims]` token vectors become `[batch, dims]`.
+    #[serde(default)]
+    pub pooling: Pooling,
+    /// Divide each vector by its L2 norm.
+    #[serde(default = "default_true")]
+    pub normalize: bool,
+}
+
+/// Pooling of token vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// Mean over the tokens the attention mask keeps.
+    #[default]
+    Mean,
+    /// The first token's vector (`[CLS]`).
+    Cls,
+    /// None: the model already returns `[batch, dims]`.
+    None,
 }
 
 impl Default for Output {
@@ -364,8 +466,9 @@ impl Manifest {
         let input = match kind.as_str() {
             "image" => Input::Image(typed(body, path, "input")?),
             "tensor" => Input::Tensor(typed(body, path, "input")?),
+            "text" => Input::Text(typed(body, path, "input")?),
             other => {
-                let expected = "\"image\" or \"tensor\"";
+                let expected = "\"image\", \"tensor\" or \"text\"";
                 return Err(unknown_type(path, "input", other, expected));
             }
         };
@@ -376,8 +479,9 @@ impl Manifest {
                 match kind.as_str() {
                     "classification" => Output::Classification(typed(body, path, "output")?),
                     "raw" => Output::Raw(typed(body, path, "output")?),
+                    "embedding" => Output::Embedding(typed(body, path, "output")?),
                     other => {
-                        let expected = "\"classification\" or \"raw\"";
+                        let expected = "\"classification\", \"raw\" or \"embedding\"";
                         return Err(unknown_type(path, "output", other, expected));
                     }
                 }
@@ -411,7 +515,7 @@ impl Manifest {
     pub fn image_input(&self) -> Option<&ImageInput> {
         match &self.input {
             Input::Image(image) => Some(image),
-            Input::Tensor(_) => None,
+            Input::Tensor(_) | Input::Text(_) => None,
         }
     }
 
@@ -462,6 +566,14 @@ impl Manifest {
                     );
                 }
             }
+            Input::Text(text) => self.validate_text(text, path)?,
+        }
+        if matches!(self.output, Output::Embedding(_)) && !matches!(self.input, Input::Text(_)) {
+            return bad(
+                "output.type",
+                "\"embedding\" pools over a text model's tokens: it needs \"input\":                  {\"type\": \"text\", ...}; use \"raw\" for other models"
+                    .into(),
+            );
         }
         if let Output::Classification(out) = &self.output {
             if out.top_k == 0 {
@@ -474,6 +586,61 @@ impl Manifest {
                         "must name a file or list the labels".into(),
                     );
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Manifest {
+    fn validate_text(&self, text: &TextInput, path: &Path) -> Result<()> {
+        let bad = |field: &str, message: String| Err(Error::manifest(path, field, message));
+        if self.format != Format::Torchscript {
+            return bad(
+                "input.type",
+                "text models are served from TorchScript (\"format\": \"torchscript\") for now"
+                    .into(),
+            );
+        }
+        if text.tokenizer.is_empty() {
+            return bad(
+                "input.tokenizer",
+                "must name the tokenizer file, e.g. \"tokenizer.json\"".into(),
+            );
+        }
+        if text.max_length == 0 || text.max_length > MAX_TEXT_LENGTH {
+            return bad(
+                "input.max_length",
+                format!("must be 1 to {MAX_TEXT_LENGTH}, got {}", text.max_length),
+            );
+        }
+        let inputs = &text.inputs;
+        if inputs.first() != Some(&TextTensor::InputIds) {
+            return bad(
+                "input.inputs",
+                format!(
+                    "must list the model's forward arguments in order, starting with                      \"input_ids\", got {:?}",
+                    inputs.iter().map(|t| t.name()).collect::<Vec<_>>()
+                ),
+            );
+        }
+        for (i, tensor) in inputs.iter().enumerate() {
+            if inputs[..i].contains(tensor) {
+                return bad("input.inputs", format!("lists {:?} twice", tensor.name()));
+            }
+        }
+        if let Output::Embedding(EmbeddingOutput {
+            pooling: Pooling::Mean,
+            ..
+        }) = self.output
+        {
+            // Mean pooling weighs tokens by the mask; a model that never sees the mask would
+            // attend to padding, and its vectors would change with the batch it ran in.
+            if !inputs.contains(&TextTensor::AttentionMask) {
+                return bad(
+                    "input.inputs",
+                    "mean pooling needs a model that takes \"attention_mask\"".into(),
+                );
             }
         }
         Ok(())
@@ -604,14 +771,16 @@ impl ModelDir {
 
 /// What a manifest field names.
 #[derive(Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
+    /// A regular file.
     File,
+    /// A directory.
     Directory,
 }
 
 /// Resolves `relative` inside `dir`, refusing anything (`..`, absolute paths, symlinks) that lands
 /// outside it.
-fn resolve_inside(
+pub(crate) fn resolve_inside(
     dir: &Path,
     relative: &str,
     manifest: &Path,

@@ -23,8 +23,9 @@ use crate::input::InputPipeline;
 use crate::lanes::{self, Lanes};
 use crate::limits::Limits;
 use crate::manifest::{Format, Manifest, ModelDir, Threads};
-use crate::output::{OutputHead, Prediction};
+use crate::output::{Embeddings, OutputHead, Prediction};
 use crate::tensor::{Elements, TensorData};
+use crate::text::{TextPipeline, TextSource, Tokens};
 
 /// The libtorch version this build links against (tch 0.26), from the repository's
 /// `libtorch-version` file, which the `bootstrap` launcher reads too.
@@ -125,10 +126,11 @@ impl Model {
         };
         check_batch_sizes(&dir, backend.batch_sizes())?;
         let batcher = batcher_for(&dir.manifest, backend.batch_sizes())?;
+        let input = InputPipeline::load(&dir, &limits)?;
         let model = Model {
             threads,
             batcher,
-            input: InputPipeline::new(&dir.manifest.input, &limits),
+            input,
             output: OutputHead::new(&dir.manifest.output, dir.labels.clone()),
             backend,
             dir,
@@ -167,11 +169,76 @@ impl Model {
 
     fn preprocessor(&self) -> Result<&crate::image::Preprocessor> {
         self.input.preprocessor().ok_or_else(|| {
+            let kind = if self.input.text().is_some() {
+                "text"
+            } else {
+                "tensor"
+            };
             Error::invalid_input(format!(
-                "model {:?} takes tensors, not images (its manifest's input.type is \"tensor\")",
+                "model {:?} takes {kind}s, not images (its manifest's input.type is \"{kind}\")",
                 self.name()
             ))
         })
+    }
+
+    fn text(&self) -> Result<&TextPipeline> {
+        self.input.text().ok_or_else(|| {
+            Error::invalid_input(format!(
+                "model {:?} does not take text (its manifest's input.type is \"{}\")",
+                self.name(),
+                if self.input.preprocessor().is_some() {
+                    "image"
+                } else {
+                    "tensor"
+                }
+            ))
+        })
+    }
+
+    /// Tokenizes texts as the model's requests are: the padded int64 tensors it would run on.
+    pub fn tokenize(&self, texts: &[TextSource]) -> Result<Tokens> {
+        let text = self.text()?;
+        self.limits.check_text_count(texts.len())?;
+        self.check_batch(texts.len())?;
+        text.tokenize(texts, &self.limits)
+            .map_err(|err| self.named(err))
+    }
+
+    /// Runs texts through the model: tokenize, one forward pass with the tensors the manifest's
+    /// `inputs` names, then the output head: the best `top_k` predictions per text, one
+    /// embedding per text, or the raw output.
+    pub fn run_texts(
+        &self,
+        texts: &[TextSource],
+        top_k: Option<usize>,
+    ) -> Result<(TextAnswer, Timings)> {
+        let started = Instant::now();
+        let inputs = &self.text()?.spec().inputs;
+        let tokens = self.tokenize(texts)?;
+        let tensors = tokens.to_torch(inputs)?;
+        let preprocess = ms_since(started);
+        let before = Instant::now();
+        let output = self.run_all(&tensors)?;
+        let answer = match &self.output {
+            OutputHead::Classification { .. } => {
+                TextAnswer::Predictions(self.classify(&output, top_k)?)
+            }
+            OutputHead::Embedding(_) => TextAnswer::Embeddings(self.output.embed(
+                self.name(),
+                &output,
+                &tokens.attention_mask,
+            )?),
+            OutputHead::Raw => TextAnswer::Raw(output),
+        };
+        Ok((
+            answer,
+            Timings {
+                preprocess,
+                inference: ms_since(before),
+                total: ms_since(started),
+                ..Timings::default()
+            },
+        ))
     }
 
     /// Runs images through the model: decode, preprocess into one batch, one forward pass.
@@ -348,6 +415,12 @@ impl Model {
 
     /// One forward pass on a tensor that passed the checks; the first output, copied out.
     fn run(&self, input: &tch::Tensor) -> Result<TensorData> {
+        self.run_all(std::slice::from_ref(input))
+    }
+
+    /// One forward pass on the model's inputs (checked), in the order of its `forward`
+    /// arguments; the first output, copied out.
+    fn run_all(&self, inputs: &[tch::Tensor]) -> Result<TensorData> {
         let outputs = {
             // Forward passes run in the process's lanes, each with its model's threads within the
             // lane's share: concurrent OpenMP pools beyond the cores collapse (the benchmark saw
@@ -355,7 +428,7 @@ impl Model {
             let lanes = Lanes::global();
             let _lane = lanes.acquire();
             backend::set_threads(lanes.threads(self.threads));
-            self.backend.forward(std::slice::from_ref(input))
+            self.backend.forward(inputs)
         }
         .map_err(|message| Error::inference(self.name(), message))?;
         let first = outputs
@@ -385,6 +458,33 @@ impl Model {
     /// One inference on zeros of the input's shape, so libtorch's lazy initialisation (kernel
     /// selection, allocator pools) happens at load, not on the first request.
     fn warmup(&self) -> Result<()> {
+        if let Some(text) = self.input.text() {
+            // A short text through the tokenizer, so the model also meets real token ids.
+            let warm = || "warmup".to_owned();
+            let source = if text.spec().pair {
+                TextSource::Pair(warm(), warm())
+            } else {
+                TextSource::Single(warm())
+            };
+            return self
+                .run_texts(&[source], None)
+                .map(drop)
+                .map_err(|err| match err {
+                    Error::Inference { model, message } => Error::Inference {
+                        model,
+                        message: format!(
+                            "warmup on a text failed (are the manifest's input.inputs, {:?}, \
+                             the model's forward arguments in order?): {message}",
+                            text.spec()
+                                .inputs
+                                .iter()
+                                .map(|t| t.name())
+                                .collect::<Vec<_>>()
+                        ),
+                    },
+                    other => other,
+                });
+        }
         let mut zeros = self.input.warmup_input()?;
         if let BatchSizes::Exactly(size) = self.backend.batch_sizes() {
             let mut shape = zeros.shape.clone();
@@ -403,6 +503,17 @@ impl Model {
         })?;
         Ok(())
     }
+}
+
+/// What a text model answers for a batch of texts.
+#[derive(Debug, Clone)]
+pub enum TextAnswer {
+    /// A classifier's best predictions per text.
+    Predictions(Vec<Vec<Prediction>>),
+    /// An embedding model's vectors.
+    Embeddings(Embeddings),
+    /// A raw model's first output.
+    Raw(TensorData),
 }
 
 /// Whether batching is on: when Lambda sends concurrent requests (`AWS_LAMBDA_MAX_CONCURRENCY` above
@@ -506,7 +617,7 @@ fn check_package(dir: &ModelDir) -> Result<()> {
                 .to_owned(),
         )
     })?;
-    let input = InputPipeline::new(&dir.manifest.input, &Limits::default());
+    let input = InputPipeline::load(dir, &Limits::default())?;
     check
         .check(&input.shape(), input.dtype())
         .map_err(|m| bad("input", m))

@@ -3,7 +3,7 @@
 //! Both handlers (the Python `lambdatorch.handle` and the native `bootstrap`) run this code, so
 //! the same request gives the same response byte for byte. It resolves the model (request, then
 //! `LAMBDATORCH_DEFAULT_MODEL`, then the only model under the root), loads it once per process
-//! through the [`Registry`], and runs images, batches or tensors. Turning Lambda events into
+//! through the [`Registry`], and runs images, batches, tensors or texts. Turning Lambda events into
 //! [`Request`]s and responses into proxy responses is [`crate::events`]' job.
 
 use std::path::{Path, PathBuf};
@@ -16,10 +16,11 @@ use crate::error::{Error, Result};
 use crate::image::ImageSource;
 use crate::limits::Limits;
 use crate::manifest::MANIFEST_FILE;
-use crate::model::{Model, Timings};
+use crate::model::{Model, TextAnswer, Timings};
 use crate::output::Prediction;
 use crate::registry::{self, Registry};
-use crate::tensor::{DType, Elements, Scalar, TensorData};
+use crate::tensor::{short_f64, DType, Elements, Scalar, TensorData};
+use crate::text::TextSource;
 
 /// Where models live unless `LAMBDATORCH_MODELS` says otherwise.
 pub const DEFAULT_MODELS_ROOT: &str = "/mnt/efs/models";
@@ -84,13 +85,18 @@ pub enum Payload {
         /// Elements, row-major.
         data: Vec<Scalar>,
     },
+    /// One text (or pair of texts): answered with `predictions` (or `embeddings`).
+    Text(TextSource),
+    /// A batch of texts, run in one forward pass: answered with `results` (or `embeddings`).
+    Texts(Vec<TextSource>),
 }
 
 impl Payload {
-    /// Whether the request carried one input by a singular field (`image`), which is answered
-    /// with `predictions`; every other form (`images`, `tensor`) is answered with `results`.
+    /// Whether the request carried one input by a singular field (`image`, `text`), which is
+    /// answered with `predictions`; every other form (`images`, `tensor`, `texts`) is answered
+    /// with `results`.
     pub fn is_single(&self) -> bool {
-        matches!(self, Payload::Image(_))
+        matches!(self, Payload::Image(_) | Payload::Text(_))
     }
 }
 
@@ -140,6 +146,24 @@ pub enum Body {
         /// The output tensor.
         output: RawTensor,
     },
+    /// An embedding model's vectors, one per text, whatever the request's form.
+    Embeddings {
+        /// One vector per text, in order.
+        #[serde(serialize_with = "short_vectors")]
+        embeddings: Vec<Vec<f32>>,
+        /// Length of each vector.
+        dims: usize,
+    },
+}
+
+/// float32 values as the shortest decimals that round-trip them, as predictions' scores are: the
+/// same digits in the native handler's JSON and in Python's floats.
+fn short_vectors<S: serde::Serializer>(vectors: &[Vec<f32>], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(
+        vectors
+            .iter()
+            .map(|v| v.iter().map(|&x| short_f64(x)).collect::<Vec<_>>()),
+    )
 }
 
 /// One input's predictions in a batch response.
@@ -243,14 +267,53 @@ impl Service {
     pub fn handle(&self, request: Request) -> Result<Response> {
         let started = Instant::now();
         let top_k = self.config.limits.check_top_k(request.top_k)?;
-        if let Payload::Images(images) = &request.payload {
-            if images.is_empty() {
+        match &request.payload {
+            Payload::Images(images) if images.is_empty() => {
                 return Err(Error::invalid_input("\"images\" is empty"));
             }
+            Payload::Texts(texts) if texts.is_empty() => {
+                return Err(Error::invalid_input("\"texts\" is empty"));
+            }
+            _ => {}
         }
         let model = self.model(request.model.as_deref())?;
         let single = request.payload.is_single();
-        let (output, mut timings) = match request.payload {
+        let texts = match request.payload {
+            Payload::Text(text) => Some(vec![text]),
+            Payload::Texts(texts) => Some(texts),
+            payload => {
+                return self.handle_tensors(&model, payload, top_k, single, started);
+            }
+        };
+        let texts = texts.unwrap_or_default();
+        let (answer, mut timings) = model.run_texts(&texts, top_k)?;
+        let body = match answer {
+            TextAnswer::Predictions(rows) => predictions_body(rows, single),
+            TextAnswer::Embeddings(embeddings) => Body::Embeddings {
+                dims: embeddings.dims,
+                embeddings: embeddings.rows().map(<[f32]>::to_vec).collect(),
+            },
+            TextAnswer::Raw(output) => raw_body(&model, output)?,
+        };
+        timings.total = ms_since(started);
+        Ok(Response {
+            model: model.name().to_owned(),
+            body,
+            batch_size: timings.batch_size,
+            timings,
+        })
+    }
+
+    /// [`Service::handle`] for images and tensors.
+    fn handle_tensors(
+        &self,
+        model: &Model,
+        payload: Payload,
+        top_k: Option<usize>,
+        single: bool,
+        started: Instant,
+    ) -> Result<Response> {
+        let (output, mut timings) = match payload {
             Payload::Image(bytes) => model.infer(&[ImageSource::Encoded(&bytes)])?,
             Payload::Images(images) => {
                 let sources: Vec<_> = images.iter().map(|b| ImageSource::Encoded(b)).collect();
@@ -264,9 +327,12 @@ impl Service {
                 timings.preprocess = preprocess;
                 (output, timings)
             }
+            Payload::Text(_) | Payload::Texts(_) => {
+                return Err(Error::internal("handle", "texts reached the tensor path"))
+            }
         };
         let before = Instant::now();
-        let body = answer(&model, output, top_k, single)?;
+        let body = answer(model, output, top_k, single)?;
         timings.inference += ms_since(before);
         timings.total = ms_since(started);
         Ok(Response {
@@ -286,20 +352,30 @@ fn ms_since(start: Instant) -> f64 {
 /// singular request, else of every input), or the raw tensor.
 fn answer(model: &Model, output: TensorData, top_k: Option<usize>, single: bool) -> Result<Body> {
     if model.output().is_classification() {
-        let mut rows = model.classify(&output, top_k)?;
-        return Ok(if single && rows.len() == 1 {
-            Body::Predictions {
-                predictions: rows.pop().unwrap_or_default(),
-            }
-        } else {
-            Body::Batch {
-                results: rows
-                    .into_iter()
-                    .map(|predictions| BatchResult { predictions })
-                    .collect(),
-            }
-        });
+        let rows = model.classify(&output, top_k)?;
+        return Ok(predictions_body(rows, single));
     }
+    raw_body(model, output)
+}
+
+/// Predictions of the one input of a singular request, else of every input.
+fn predictions_body(mut rows: Vec<Vec<Prediction>>, single: bool) -> Body {
+    if single && rows.len() == 1 {
+        Body::Predictions {
+            predictions: rows.pop().unwrap_or_default(),
+        }
+    } else {
+        Body::Batch {
+            results: rows
+                .into_iter()
+                .map(|predictions| BatchResult { predictions })
+                .collect(),
+        }
+    }
+}
+
+/// The raw output tensor, when JSON can carry it.
+fn raw_body(model: &Model, output: TensorData) -> Result<Body> {
     // JSON has no NaN or infinity (serde would write `null`), so such outputs are errors.
     if let Some((i, bad)) = output.elements.first_non_finite() {
         return Err(Error::inference(

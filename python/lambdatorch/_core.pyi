@@ -10,6 +10,8 @@ __version__: str
 LIBTORCH_VERSION: str
 
 _ImageLike: TypeAlias = bytes | bytearray | npt.NDArray[np.uint8]
+#: A text (``str``, or UTF-8 ``bytes``), or a pair of texts for models with ``"pair": true``.
+_TextLike: TypeAlias = str | bytes | tuple[str | bytes, str | bytes] | list[str | bytes]
 
 @final
 class Prediction:
@@ -44,16 +46,26 @@ class Model:
     def manifest(self) -> dict[str, Any]:
         """The validated manifest with defaults filled in."""
 
-    def predict(self, image: _ImageLike, top_k: int | None = None) -> list[Prediction]:
-        """Classify one image: encoded bytes (JPEG, PNG, WebP, GIF, BMP) or an HxWxC uint8 array.
+    def predict(self, image: _ImageLike | _TextLike, top_k: int | None = None) -> list[Prediction]:
+        """Classify one image: encoded bytes (JPEG, PNG, WebP, GIF, BMP) or an HxWxC uint8 array;
+        or, for a text model, one text (a ``(first, second)`` pair for pair models).
 
         ``top_k`` defaults to the manifest's ``output.top_k``.
         """
 
     def predict_batch(
-        self, images: list[_ImageLike], top_k: int | None = None
+        self, images: list[_ImageLike] | list[_TextLike], top_k: int | None = None
     ) -> list[list[Prediction]]:
-        """Classify up to ``max_batch`` images in one forward pass."""
+        """Classify up to ``max_batch`` images (or texts, for a text model) in one forward pass."""
+
+    def embed(self, texts: list[_TextLike] | str) -> npt.NDArray[np.float32]:
+        """One vector per text, ``(N, dims)`` float32, pooled and normalised as the manifest's
+        ``output`` (``"type": "embedding"``) says. A lone ``str`` is a batch of one."""
+
+    def tokenize(self, texts: list[_TextLike] | str) -> dict[str, npt.NDArray[np.int64]]:
+        """The token tensors texts become, as the model runs them: ``input_ids``,
+        ``attention_mask`` and ``token_type_ids``, int64 ``(N, tokens)``, padded and truncated as
+        the manifest says. A lone ``str`` is a batch of one."""
 
     def preprocess(self, image: _ImageLike) -> npt.NDArray[np.float32]:
         """The model's input tensor for one image: float32, NCHW, batch 1."""

@@ -59,6 +59,9 @@ def probe(models: list[str], record_pages: bool = False) -> dict[str, Any]:
                 model = lambdatorch.load(path)
                 result["load_ms"] = (time.perf_counter() - start) * 1e3
                 spec = model.manifest["input"]
+                if spec["type"] == "text":
+                    result.update(run_text(model))
+                    continue
                 shape = input_shape(spec)
                 if model.manifest["format"] == "aoti":
                     # Its ISA was checked against this CPU at load; shown on the ok line.
@@ -117,6 +120,28 @@ def record(libtorch: Any) -> dict[str, Any]:
         message = "libtorch was not loaded"
         return {"error": {"type": "LambdaTorchError", "message": message}}
     return {"path": str(written)}
+
+
+def run_text(model: Any) -> dict[str, Any]:
+    """One text through a text model: its token shape, and the inference time and output shape
+    of a classification or embedding (a raw text model is only tokenized)."""
+    texts: list[Any] = ["lambdatorch doctor"]
+    if model.manifest["input"].get("pair"):
+        texts = [("lambdatorch", "doctor")]
+    result: dict[str, Any] = {"input_shape": list(model.tokenize(texts)["input_ids"].shape)}
+    output = model.manifest["output"]["type"]
+    start = time.perf_counter()
+    if output == "embedding":
+        shape = list(model.embed(texts).shape)
+    elif output == "classification":
+        rows = model.predict_batch(texts)
+        shape = [len(rows), len(rows[0])]
+    else:
+        # No API returns a text model's raw output: tokenized only.
+        shape = ["not run (raw output)"]
+    result["inference_ms"] = (time.perf_counter() - start) * 1e3
+    result["output_shape"] = shape
+    return result
 
 
 def input_shape(spec: dict[str, Any]) -> list[int]:

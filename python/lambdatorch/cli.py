@@ -27,6 +27,7 @@ from ._doctor_child import MARK as _PROBE_MARK
 from ._libtorch import _FIX as _LIBTORCH_FIX
 from ._libtorch import LIBTORCH_VERSION, release, version_of
 from ._manifests import PRESETS, sha256_of
+from ._torchscript import forward_arguments
 from .errors import LambdaTorchError, ManifestError
 
 #: Where ``add-model`` unpacks an AOTInductor package inside the model directory.
@@ -57,8 +58,11 @@ def add_model(args: argparse.Namespace) -> int:
     source = Path(args.file)
     if not source.is_file():
         raise CommandError(f"--file {source}: no such file")
-    if args.preset is None and args.manifest is None:
-        raise CommandError("say what the model takes: --preset imagenet or --manifest FILE")
+    if args.preset is None and args.manifest is None and args.tokenizer is None:
+        raise CommandError(
+            "say what the model takes: --preset imagenet, --tokenizer tokenizer.json (a text "
+            "model) or --manifest FILE"
+        )
     manifest: dict[str, Any] = json.loads(json.dumps(PRESETS.get(args.preset or "", {})))
     if args.manifest:
         try:
@@ -92,6 +96,8 @@ def add_model(args: argparse.Namespace) -> int:
         if args.labels:
             shutil.copyfile(args.labels, staging / "labels.txt")
             manifest.setdefault("output", {"type": "classification"})["labels"] = "labels.txt"
+        if args.tokenizer:
+            _add_tokenizer(Path(args.tokenizer), staging, manifest)
         ordered = {"format": manifest.pop("format"), "file": manifest.pop("file"), **manifest}
         (staging / "manifest.json").write_text(json.dumps(ordered, indent=2) + "\n")
         start = time.perf_counter()
@@ -107,10 +113,38 @@ def add_model(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The tensors a text model's ``inputs`` may name (``manifest.rs``: ``TextTensor``).
+TEXT_TENSORS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _add_tokenizer(source: Path, staging: Path, manifest: dict[str, Any]) -> None:
+    """Copies the tokenizer beside the model and makes the input a text input whose ``inputs``
+    are the TorchScript module's own ``forward`` arguments (unless the manifest lists them)."""
+    if not source.is_file():
+        raise CommandError(f"--tokenizer {source}: no such file")
+    shutil.copyfile(source, staging / "tokenizer.json")
+    text = manifest.get("input") if manifest.get("input", {}).get("type") == "text" else {}
+    text = {"type": "text", **(text or {}), "tokenizer": "tokenizer.json"}
+    if "inputs" not in text and manifest.get("format") == "torchscript":
+        found = forward_arguments(staging / manifest["file"])
+        if found is None or not found or any(n not in TEXT_TENSORS for n in found):
+            raise CommandError(
+                f"cannot map the tokenizer's tensors onto the model's forward arguments "
+                f"({found if found else 'not readable from the archive'}): list them, in order, "
+                f'as "input": {{"inputs": [...]}} in --manifest (names from {list(TEXT_TENSORS)})'
+            )
+        text["inputs"] = found
+    manifest["input"] = text
+
+
 def predict(args: argparse.Namespace) -> int:
     import lambdatorch
 
     model = lambdatorch.load(args.model)
+    if args.text:
+        return _predict_texts(model, args)
+    if not args.images:
+        raise CommandError("give images to predict, or --text TEXT for a text model")
     results = []
     for path in args.images:
         start = time.perf_counter()
@@ -125,6 +159,32 @@ def predict(args: argparse.Namespace) -> int:
             }
         )
     print(json.dumps({"model": model.name, "results": results}, indent=2))
+    return 0
+
+
+def _predict_texts(model: Any, args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    if model.manifest["output"]["type"] == "embedding":
+        embeddings = model.embed(args.text)
+        answer: dict[str, Any] = {
+            "embeddings": embeddings.tolist(),
+            "dims": int(embeddings.shape[1]),
+        }
+    else:
+        rows = model.predict_batch(args.text, top_k=args.top_k)
+        answer = {
+            "results": [
+                {
+                    "text": text,
+                    "predictions": [
+                        {"index": p.index, "label": p.label, "score": p.score} for p in row
+                    ],
+                }
+                for text, row in zip(args.text, rows, strict=True)
+            ]
+        }
+    answer["ms"] = round((time.perf_counter() - start) * 1e3, 3)
+    print(json.dumps({"model": model.name, **answer}, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -507,8 +567,39 @@ def _factory(spec: str) -> Callable[..., Any]:
     return factory
 
 
+def export_text_command(args: argparse.Namespace) -> int:
+    from ._export_text import export_text
+
+    try:
+        report = export_text(
+            args.hf,
+            args.out,
+            task=args.task,
+            pooling=args.pooling,
+            normalize=not args.no_normalize,
+            max_length=args.max_length,
+        )
+    except ImportError as err:
+        raise CommandError(str(err)) from err
+    except (LambdaTorchError, OSError):
+        raise
+    except Exception as err:
+        raise CommandError(f"--hf {args.hf}: {type(err).__name__}: {one_line(str(err))}") from err
+    print(f"wrote {report.path / 'model.pt'}, tokenizer.json, manifest.json")
+    print(
+        f"inputs {report.inputs}; lambdatorch vs Python torch on the check texts: max abs diff "
+        f"{report.max_abs_diff:.3g}, output {'x'.join(map(str, report.output_shape))}"
+    )
+    return 0
+
+
 def export_command(args: argparse.Namespace) -> int:
     from ._export import FactoryError, export_factory, require_torch
+
+    if args.hf:
+        return export_text_command(args)
+    if args.module is None or args.example_shape is None:
+        raise CommandError("export needs --module and --example-shape (or --hf DIR)")
 
     try:
         kwargs = json.loads(args.kwargs)
@@ -578,16 +669,23 @@ def parser() -> argparse.ArgumentParser:
         help="the TorchScript file (torch.jit.save) or AOTInductor package (.pt2, unpacked)",
     )
     add.add_argument("--labels", help="class labels, one a line")
+    add.add_argument(
+        "--tokenizer",
+        help="a Hugging Face tokenizer.json: a text model, whose inputs are read from the model",
+    )
     add.add_argument("--preset", choices=sorted(PRESETS), help="manifest preset")
     add.add_argument("--manifest", help="JSON file of manifest fields (over the preset)")
     add.add_argument("--root", default="/mnt/efs", help="the EFS tree (default /mnt/efs)")
     add.add_argument("--force", action="store_true", help="replace an existing model")
     add.set_defaults(run=add_model)
 
-    pred = commands.add_parser("predict", help="predict images locally, print JSON")
+    pred = commands.add_parser("predict", help="predict images or texts locally, print JSON")
     pred.add_argument("--model", required=True, help="model directory or manifest")
     pred.add_argument("--top-k", type=int, default=None)
-    pred.add_argument("images", nargs="+")
+    pred.add_argument(
+        "--text", action="append", help="a text (repeat for a batch): text models, embeddings too"
+    )
+    pred.add_argument("images", nargs="*")
     pred.set_defaults(run=predict)
 
     doc = commands.add_parser(
@@ -618,7 +716,6 @@ def parser() -> argparse.ArgumentParser:
     )
     exp.add_argument(
         "--module",
-        required=True,
         metavar="PKG.MOD:CALLABLE",
         help="what builds the module, e.g. torchvision.models:resnet18",
     )
@@ -627,7 +724,6 @@ def parser() -> argparse.ArgumentParser:
     )
     exp.add_argument(
         "--example-shape",
-        required=True,
         type=_shape,
         metavar="N,C,H,W",
         help="example input shape, batch first (torch.randn, seeded)",
@@ -652,6 +748,14 @@ def parser() -> argparse.ArgumentParser:
         help="aoti: the vector ISA to compile for (default avx2, what every x86_64 Lambda host "
         "has; native: this CPU's best)",
     )
+    text = exp.add_argument_group(
+        "text models", "--hf DIR instead of --module: a Hugging Face model and its tokenizer"
+    )
+    text.add_argument("--hf", metavar="DIR", help="a save_pretrained directory (or a hub name)")
+    text.add_argument("--task", choices=["classification", "embedding"], default="classification")
+    text.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="embedding")
+    text.add_argument("--no-normalize", action="store_true", help="embedding: skip L2 norm")
+    text.add_argument("--max-length", type=int, default=128, help="tokens per text")
     exp.set_defaults(run=export_command)
     return top
 

@@ -12,23 +12,25 @@ use std::sync::Arc;
 use half::{bf16, f16};
 use ndarray::{Array, Axis, IxDyn};
 use numpy::{
-    Element, IntoPyArray, PyArray4, PyArrayDescrMethods, PyReadonlyArrayDyn, PyUntypedArray,
-    PyUntypedArrayMethods,
+    Element, IntoPyArray, PyArray2, PyArray4, PyArrayDescrMethods, PyReadonlyArrayDyn,
+    PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyType;
+use pyo3::types::{PyDict, PyString, PyType};
 
 use crate::error::{contain, Error, ErrorKind};
 use crate::events;
 use crate::image::ImageSource;
-use crate::model::{Model, LIBTORCH_VERSION};
+use crate::manifest::TextTensor;
+use crate::model::{Model, TextAnswer, LIBTORCH_VERSION};
 use crate::output::Prediction;
 use crate::registry::Registry;
 use crate::service::Service;
 use crate::tensor::{DType, Elements, TensorData};
+use crate::text::TextSource;
 
 impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {
@@ -159,6 +161,55 @@ impl<'py> ImageArg<'py> {
     }
 }
 
+/// One text argument: `str`, UTF-8 `bytes`, or a `(first, second)` pair of them.
+fn text_arg(obj: &Bound<'_, PyAny>) -> PyResult<TextSource> {
+    fn one(obj: &Bound<'_, PyAny>) -> Result<String, Error> {
+        if let Ok(text) = obj.cast::<PyString>() {
+            // A str with lone surrogates has no UTF-8 form.
+            return text.to_str().map(str::to_owned).map_err(|_| {
+                Error::invalid_input("the text is not valid Unicode (it holds lone surrogates)")
+            });
+        }
+        if let Ok(bytes) = obj.cast::<pyo3::types::PyBytes>() {
+            return match TextSource::from_utf8(bytes.as_bytes().to_vec())? {
+                TextSource::Single(text) => Ok(text),
+                TextSource::Pair(..) => Err(Error::internal("text_arg", "a pair from bytes")),
+            };
+        }
+        Err(Error::invalid_input(format!(
+            "expected a text (str, or UTF-8 bytes), got {}",
+            obj.get_type()
+                .name()
+                .map_or_else(|_| "an object".to_owned(), |n| n.to_string())
+        )))
+    }
+    let is_pair =
+        obj.is_instance_of::<pyo3::types::PyTuple>() || obj.is_instance_of::<pyo3::types::PyList>();
+    if is_pair {
+        let items: Vec<Bound<'_, PyAny>> = obj.extract()?;
+        let [first, second] = &items[..] else {
+            return Err(Error::invalid_input(format!(
+                "a pair of texts has two items, got {}",
+                items.len()
+            ))
+            .into());
+        };
+        return Ok(TextSource::Pair(one(first)?, one(second)?));
+    }
+    Ok(TextSource::Single(one(obj)?))
+}
+
+/// Text arguments of a batch; a lone `str` is a batch of one.
+fn text_args(obj: &Bound<'_, PyAny>) -> PyResult<Vec<TextSource>> {
+    if obj.is_instance_of::<PyString>() {
+        return Ok(vec![text_arg(obj)?]);
+    }
+    let items: Vec<Bound<'_, PyAny>> = obj.extract().map_err(|_| {
+        Error::invalid_input("expected a list of texts (str), or of pairs of texts")
+    })?;
+    items.iter().map(text_arg).collect()
+}
+
 /// A loaded model. Safe to share between threads.
 #[pyclass(frozen, name = "Model", module = "lambdatorch")]
 struct PyModel {
@@ -188,6 +239,11 @@ impl PyModel {
         image: &Bound<'_, PyAny>,
         top_k: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<PyPrediction>> {
+        if self.inner.input().text().is_some() {
+            let text = text_arg(image)?;
+            let mut batch = self.predict_texts(py, vec![text], top_k)?;
+            return Ok(batch.pop().unwrap_or_default());
+        }
         let mut batch = self.predict_batch(py, vec![image.clone()], top_k)?;
         Ok(batch.pop().unwrap_or_default())
     }
@@ -199,6 +255,10 @@ impl PyModel {
         images: Vec<Bound<'_, PyAny>>,
         top_k: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<Vec<PyPrediction>>> {
+        if self.inner.input().text().is_some() {
+            let texts = images.iter().map(text_arg).collect::<PyResult<Vec<_>>>()?;
+            return self.predict_texts(py, texts, top_k);
+        }
         let top_k = self.inner.limits().check_top_k(int_arg("top_k", top_k)?)?;
         let args = images
             .iter()
@@ -214,6 +274,47 @@ impl PyModel {
             .into_iter()
             .map(|row| row.into_iter().map(PyPrediction::from).collect())
             .collect())
+    }
+
+    /// One vector per text, `(N, dims)` float32 (embedding models).
+    fn embed<'py>(
+        &self,
+        py: Python<'py>,
+        texts: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let texts = text_args(texts)?;
+        let model = &self.inner;
+        model.output().require_embedding(model.name())?;
+        let (answer, _) = detached(py, || model.run_texts(&texts, None))?;
+        let TextAnswer::Embeddings(embeddings) = answer else {
+            return Err(Error::internal("embed", "an embedding model answered otherwise").into());
+        };
+        let array = Array::from_shape_vec((embeddings.batch, embeddings.dims), embeddings.data)
+            .map_err(|err| Error::internal("embed", err))?;
+        Ok(array.into_pyarray(py))
+    }
+
+    /// The int64 `(N, tokens)` arrays texts are tokenized into, by name.
+    fn tokenize<'py>(
+        &self,
+        py: Python<'py>,
+        texts: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let texts = text_args(texts)?;
+        let model = &self.inner;
+        let tokens = detached(py, || model.tokenize(&texts))?;
+        let dict = PyDict::new(py);
+        for name in [
+            TextTensor::InputIds,
+            TextTensor::AttentionMask,
+            TextTensor::TokenTypeIds,
+        ] {
+            let array =
+                Array::from_shape_vec((tokens.batch, tokens.length), tokens.get(name).to_vec())
+                    .map_err(|err| Error::internal("tokenize", err))?;
+            dict.set_item(name.name(), array.into_pyarray(py))?;
+        }
+        Ok(dict)
     }
 
     fn preprocess<'py>(
@@ -281,6 +382,28 @@ impl PyModel {
 
     fn __repr__(&self) -> String {
         format!("<lambdatorch.Model {:?}>", self.inner.name())
+    }
+}
+
+impl PyModel {
+    /// Classifies texts (text models' `predict` and `predict_batch`).
+    fn predict_texts(
+        &self,
+        py: Python<'_>,
+        texts: Vec<TextSource>,
+        top_k: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<Vec<PyPrediction>>> {
+        let model = &self.inner;
+        let top_k = model.limits().check_top_k(int_arg("top_k", top_k)?)?;
+        model.output().require_classification(model.name())?;
+        let (answer, _) = detached(py, || model.run_texts(&texts, top_k))?;
+        let TextAnswer::Predictions(rows) = answer else {
+            return Err(Error::internal("predict", "a classifier answered otherwise").into());
+        };
+        Ok(rows
+            .into_iter()
+            .map(|row| row.into_iter().map(PyPrediction::from).collect())
+            .collect())
     }
 }
 
