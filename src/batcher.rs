@@ -309,8 +309,9 @@ mod tests {
             for i in 0..8 {
                 let (batcher, slow) = (&batcher, &slow);
                 s.spawn(move || {
-                    let (output, batched) =
-                        batcher.run(batcher.enter(), row(i as f32), slow).expect("answer");
+                    let (output, batched) = batcher
+                        .run(batcher.enter(), row(i as f32), slow)
+                        .expect("answer");
                     let value = i as f32 * 2.0;
                     assert_eq!(output.elements, Elements::Float32(vec![value, value + 1.0]));
                     assert!(batched.batch_size <= 2);
