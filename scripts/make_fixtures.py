@@ -30,7 +30,6 @@ import torch
 import torchvision
 from PIL import Image
 from skimage import data as skdata
-from text_fixtures import make_text_models
 
 REPO = Path(__file__).resolve().parents[1]
 #: The manifest presets of ``lambdatorch add-model`` and ``export``, read from the source tree (by
@@ -429,6 +428,10 @@ def main() -> None:
     make_dtype_models(out / "models")
     make_images(out / "images")
     make_aoti_models(out / "aoti")
+    # The script's own directory is on sys.path only when it runs as a script; the benchmark
+    # imports this module as scripts.make_fixtures.
+    from text_fixtures import make_text_models
+
     make_text_models(out / "text")
     print(f"fixtures written to {out}")
 
