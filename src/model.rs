@@ -425,10 +425,9 @@ impl Model {
             // Forward passes run in the process's lanes, each with its model's threads within the
             // lane's share: concurrent OpenMP pools beyond the cores collapse (the benchmark saw
             // 70 ms forwards take a second).
-            let lanes = Lanes::global();
-            let _lane = lanes.acquire();
-            backend::set_threads(lanes.threads(self.threads));
-            self.backend.forward(inputs)
+            // Tensors are `Send` but not `Sync`: the lane gets its own handles (no copy).
+            let inputs: Vec<tch::Tensor> = inputs.iter().map(tch::Tensor::shallow_clone).collect();
+            Lanes::global().run(self.threads, move || self.backend.forward(&inputs))
         }
         .map_err(|message| Error::inference(self.name(), message))?;
         let first = outputs
