@@ -14,7 +14,8 @@ with random weights, photos at 0.3 MP), with ``bootstrap`` polling the benchmark
   a model cache (``LAMBDATORCH_MODEL_CACHE_MB``) that holds the first 2 as they measured resident:
   it must stay within the cache plus the process's base, +10%.
 
-Alone, writes DIR/concurrency.json and DIR/concurrency.md (DIR: target/bench).
+Alone, writes DIR/concurrency.json and DIR/concurrency.md (DIR: target/bench); bench/concurrency.md
+is such a run, kept until a full ``make bench`` reports the section in bench/report.md.
 """
 
 from __future__ import annotations
@@ -276,7 +277,9 @@ def main() -> int:
     results = run(build(WORK), args.quick, WORK / "logs-concurrency")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "concurrency.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "concurrency.md").write_text(section(results))
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    preface = f"`python -m bench.concurrency`, run {when} on {os.cpu_count()} CPUs.\n\n"
+    (args.out / "concurrency.md").write_text(section(results).replace("\n\n", "\n\n" + preface, 1))
     print(summary(results))
     print(f"wrote {args.out / 'concurrency.md'}")
     return 0
