@@ -341,7 +341,13 @@ def write_aoti(
         torch._inductor.aoti_compile_and_package(
             program,
             package_path=str(archive),
-            inductor_configs={"freezing": True, "aot_inductor.link_libtorch": link_libtorch},
+            inductor_configs={
+                "freezing": True,
+                "aot_inductor.link_libtorch": link_libtorch,
+                # Trust the CPU's flags for AVX2 instead of Inductor's build-and-dlopen probe,
+                # which can fail on a busy machine and then compiles scalar code for the process.
+                "cpp.vec_isa_ok": True,
+            },
         )
     del os.environ["ATEN_CPU_CAPABILITY"]
     model = out / "models" / name
