@@ -248,9 +248,9 @@ def record_pages(
     version: str | None = None,
 ) -> Path:
     """Write ``lib_dir/PAGES_FILE``: which pages of each of ``libraries`` (the load plan's tree,
-    in load order; ``system`` and ``linker`` the rest of the plan; ``version`` libtorch's, read
-    from torch's files) this process has touched
-    (mapped, from ``/proc/self/pagemap``; whatever is in the page cache is not counted). Call it
+    in load order; ``system`` and ``linker`` the rest of the plan; ``version`` libtorch's, as
+    torch's files give it) this process has touched (mapped, from ``/proc/self/pagemap``;
+    whatever is in the page cache is not counted). Call it
     after a model's first inference, on the tree the function will use; later cold starts
     prefetch those pages, and take the plan from it. Returns the file written."""
     libraries = list(libraries)
