@@ -30,7 +30,8 @@ from typing import Any
 # The soak provokes panics on purpose: one line each in the log, not a symbolized backtrace.
 os.environ["RUST_BACKTRACE"] = "0"
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "python"))
+# The handler tests' harness, which imports scripts.local_lambda from the repository.
+sys.path[:0] = [str(REPO / "tests" / "python"), str(REPO)]
 
 MAX_GROWTH = 0.05
 WARMUP_SHARE = 0.1
