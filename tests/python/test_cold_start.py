@@ -62,6 +62,20 @@ print(json.dumps(sorted(p for p in mapped if ".so" in p)))
 """
 
 
+def test_the_lazy_names_are_the_defining_modules_own(lt):
+    """``lambdatorch/__init__`` names what it imports on first use (``_core``, ``errors``) instead
+    of importing those modules up front, which would cost round trips on EFS: the lists must stay
+    the modules' own."""
+    from lambdatorch import errors
+    from lambdatorch._libtorch import import_core
+
+    assert sorted(lt._FROM_ERRORS) == sorted(errors.__all__)
+    assert all(hasattr(import_core(), name) for name in lt._FROM_CORE)
+    assert sorted(lt.__all__) == sorted(
+        {"LIBTORCH_VERSION", "export", *lt._FROM_CORE, *lt._FROM_ERRORS}
+    )
+
+
 def test_the_plan_loads_what_the_loader_would():
     """Same libraries, from the same files, with and without the plan."""
     planned = json.loads(run(LOADED.format(plain=False)))
