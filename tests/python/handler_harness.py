@@ -1,14 +1,17 @@
 """Local stand-ins for calling the native handler the way Lambda does, and real AWS sample events.
 
 ``NativeHandler`` runs ``bootstrap`` (which execs ``lambdatorch-handler``) under cargo-lambda's
-Runtime API emulator and invokes it over HTTP; ``http_event`` is the real AWS sample event of a
-source (the samples ship in the ``aws_lambda_events`` crate) carrying our body. Shared by
-``test_handlers.py`` and ``scripts/soak.py``; it imports nothing from pytest.
+Runtime API emulator and invokes it over HTTP; ``PythonHandler`` runs ``lambda_handler`` in a
+fresh interpreter; ``Handlers`` is the two side by side, asked the same events. ``http_event`` is
+the real AWS sample event of a source (the samples ship in the ``aws_lambda_events`` crate)
+carrying our body. Shared by the tests of both handlers and ``scripts/soak.py``; it imports
+nothing from pytest.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import socket
@@ -161,3 +164,84 @@ class NativeHandler:
             except subprocess.TimeoutExpired:
                 process.kill()
         self.log.close()
+
+
+PYTHON_DRIVER = """
+import json, sys, types
+from lambdatorch.handler import lambda_handler
+import lambdatorch
+for n, line in enumerate(sys.stdin):
+    context = types.SimpleNamespace(aws_request_id=f"python-{n}")
+    try:
+        reply = lambda_handler(json.loads(line), context)
+    except lambdatorch.LambdaTorchError as err:
+        reply = {"errorType": type(err).__name__, "errorMessage": str(err)}
+    print(json.dumps(reply), flush=True)
+"""
+
+
+class PythonHandler:
+    """A fresh interpreter running ``lambda_handler``, one event per line."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log_path = log
+        self.log = log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-S", "-c", PYTHON_DRIVER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env={**env, "PYTHONPATH": str(SITE)},
+        )
+
+    def __call__(self, event: dict[str, Any]) -> dict[str, Any]:
+        assert self.process.stdin and self.process.stdout
+        self.process.stdin.write(json.dumps(event) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        assert line, "the Python handler died"
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.process.stdin:
+            self.process.stdin.close()
+        self.process.wait(timeout=TIMEOUT)
+        if self.process.stdout:
+            self.process.stdout.close()
+        self.log.close()
+
+
+def comparable(reply: dict[str, Any]) -> Any:
+    """A reply without what may differ between the handlers and between runs: the timings."""
+    if "statusCode" in reply:
+        reply = {**reply, "body": comparable(json.loads(reply["body"]))}
+    reply = copy.deepcopy(reply)
+    reply.pop("timings_ms", None)
+    return reply
+
+
+class Handlers(dict):
+    """Both handlers on the same environment, by name (``"python"``, ``"native"``), their logs
+    in ``logs``; a context manager that closes them."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        super().__init__(python=PythonHandler(env, logs / "python.log"))
+        try:
+            self["native"] = NativeHandler(env, logs / "native.log")
+        except BaseException:
+            self["python"].close()
+            raise
+
+    def both(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Both handlers' reply to ``event``, which must agree on everything but the timings."""
+        python, native = self["python"](event), self["native"](event)
+        assert comparable(python) == comparable(native), (python, native)
+        return python
+
+    def __enter__(self) -> Handlers:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for handler in self.values():
+            handler.close()

@@ -21,9 +21,8 @@ import numpy as np
 import pytest
 from conftest import image_bytes
 from fixture_data import FIXTURES
-from handler_harness import NativeHandler
+from handler_harness import Handlers
 from test_cli import doctor, efs, parse  # noqa: F401 (efs: the EFS tree fixture)
-from test_handlers import PythonHandler, comparable
 
 AOTI = FIXTURES / "aoti"
 TOLERANCE = 1e-4
@@ -101,20 +100,13 @@ def handlers(tmp_path_factory):
         "LAMBDATORCH_DEFAULT_MODEL": "aoti_tiny",
         "LAMBDATORCH_PRELOAD": "aoti_tiny",
     }
-    logs = tmp_path_factory.mktemp("logs")
-    python = PythonHandler(env, logs / "python.log")
-    native = NativeHandler(env, logs / "native.log")
-    try:
-        yield python, native
-    finally:
-        python.close()
-        native.close()
+    with Handlers(env, tmp_path_factory.mktemp("logs")) as both:
+        yield both
 
 
 def test_both_handlers_serve_packages_alike(handlers):
     import base64
 
-    python, native = handlers
     photo = base64.b64encode(image_bytes("chelsea.jpg")).decode()
     (x, want), _ = reference("aoti_mlp")
     events = [
@@ -124,11 +116,7 @@ def test_both_handlers_serve_packages_alike(handlers):
         {"model": "aoti_static", "tensor": {"shape": [2, 4], "data": [0.5] * 8}},
         {"model": "aoti_static", "tensor": {"shape": [1, 4], "data": [0.5] * 4}},
     ]
-    replies = []
-    for event in events:
-        a, b = python(event), native(event)
-        assert comparable(a) == comparable(b), (a, b)
-        replies.append(a)
+    replies = [handlers.both(event) for event in events]
     assert [p["index"] for p in replies[0]["predictions"]] == [
         p["index"] for p in replies[1]["results"][0]["predictions"]
     ]

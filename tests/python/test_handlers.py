@@ -12,7 +12,6 @@ the whole difference between the two payloads.
 from __future__ import annotations
 
 import base64
-import copy
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ from handler_harness import (
     SITE,
     SOURCES,
     TIMEOUT,
-    NativeHandler,
+    Handlers,
     http_event,
 )
 
@@ -72,78 +71,10 @@ def handler_env(models_root: Path) -> dict[str, str]:
     }
 
 
-PYTHON_DRIVER = """
-import json, sys, types
-from lambdatorch.handler import lambda_handler
-import lambdatorch
-for n, line in enumerate(sys.stdin):
-    context = types.SimpleNamespace(aws_request_id=f"python-{n}")
-    try:
-        reply = lambda_handler(json.loads(line), context)
-    except lambdatorch.LambdaTorchError as err:
-        reply = {"errorType": type(err).__name__, "errorMessage": str(err)}
-    print(json.dumps(reply), flush=True)
-"""
-
-
-class PythonHandler:
-    """A fresh interpreter running ``lambda_handler``, one event per line."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log_path = log
-        self.log = log.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-S", "-c", PYTHON_DRIVER],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            env={**env, "PYTHONPATH": str(SITE)},
-        )
-
-    def __call__(self, event: dict[str, Any]) -> dict[str, Any]:
-        assert self.process.stdin and self.process.stdout
-        self.process.stdin.write(json.dumps(event) + "\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        assert line, "the Python handler died"
-        return json.loads(line)
-
-    def close(self) -> None:
-        if self.process.stdin:
-            self.process.stdin.close()
-        self.process.wait(timeout=TIMEOUT)
-        if self.process.stdout:
-            self.process.stdout.close()
-        self.log.close()
-
-
 @pytest.fixture(scope="module")
 def handlers(models_root, tmp_path_factory):
-    env = handler_env(models_root)
-    logs = tmp_path_factory.mktemp("logs")
-    python = PythonHandler(env, logs / "python.log")
-    native = NativeHandler(env, logs / "native.log")
-    try:
-        yield {"python": python, "native": native}
-    finally:
-        python.close()
-        native.close()
-
-
-def both(handlers, event: dict[str, Any]) -> dict[str, Any]:
-    """Both handlers' replies to ``event``; they must agree on everything but the timings."""
-    python, native = handlers["python"](event), handlers["native"](event)
-    assert comparable(python) == comparable(native), (python, native)
-    return python
-
-
-def comparable(reply: dict[str, Any]) -> Any:
-    if "statusCode" in reply:
-        reply = {**reply, "body": comparable(json.loads(reply["body"]))}
-    reply = copy.deepcopy(reply)
-    reply.pop("timings_ms", None)
-    return reply
+    with Handlers(handler_env(models_root), tmp_path_factory.mktemp("logs")) as both:
+        yield both
 
 
 def body(reply: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +84,7 @@ def body(reply: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_image_bodies_from_every_source(handlers, tiny, source):
-    reply = both(handlers, http_event(source, image_bytes("chelsea.jpg")))
+    reply = handlers.both(http_event(source, image_bytes("chelsea.jpg")))
     assert reply["statusCode"] == 200
     answer = body(reply)
     assert answer["model"] == "tiny"
@@ -172,29 +103,29 @@ def test_image_bodies_from_every_source(handlers, tiny, source):
 def test_json_bodies_query_strings_and_paths(handlers, source):
     image = base64.b64encode(image_bytes("coffee.jpg")).decode()
     request = json.dumps({"images": [image, image], "top_k": 2}).encode()
-    answer = body(both(handlers, http_event(source, request, "application/json")))
+    answer = body(handlers.both(http_event(source, request, "application/json")))
     assert len(answer["results"]) == 2
     assert all(len(r["predictions"]) == 2 for r in answer["results"])
     by_query = http_event(
         source, image_bytes("chelsea_gray.png"), "image/png", {"model": "gray", "top_k": "1"}
     )
-    answer = body(both(handlers, by_query))
+    answer = body(handlers.both(by_query))
     assert answer["model"] == "gray" and len(answer["predictions"]) == 1
     by_path = http_event(
         source, image_bytes("chelsea_gray.png"), "image/png", path="/prod/models/gray"
     )
-    assert body(both(handlers, by_path))["model"] == "gray"
+    assert body(handlers.both(by_path))["model"] == "gray"
 
 
 def test_direct_invokes(handlers):
     image = base64.b64encode(image_bytes("rocket.jpg")).decode()
-    single = both(handlers, {"image": image, "top_k": 1})
+    single = handlers.both({"image": image, "top_k": 1})
     assert list(single) == ["model", "predictions", "timings_ms"]
     assert len(single["predictions"]) == 1
-    batch = both(handlers, {"model": "tiny", "images": [image] * 3})
+    batch = handlers.both({"model": "tiny", "images": [image] * 3})
     assert len(batch["results"]) == 3
     assert batch["results"][0]["predictions"][0] == single["predictions"][0]
-    raw = both(handlers, {"model": "tensor", "tensor": {"shape": [2, 4], "data": [0.5] * 8}})
+    raw = handlers.both({"model": "tensor", "tensor": {"shape": [2, 4], "data": [0.5] * 8}})
     assert raw["output"]["shape"] == [2, 3]
     assert len(raw["output"]["data"]) == 6
 
@@ -234,7 +165,7 @@ BAD_HTTP = [
 def test_models_in_paths_are_checked(handlers):
     """Names from `/models/<name>` paths: percent-encoding is not decoded into a way out."""
     for path in ["/models/..", "/models/%2e%2e", "/models/..%2ftiny", "/models/%2Fetc"]:
-        reply = both(handlers, http_event("apigw-v2", image_bytes("chelsea.jpg"), path=path))
+        reply = handlers.both(http_event("apigw-v2", image_bytes("chelsea.jpg"), path=path))
         assert reply["statusCode"] == 404, path
         assert body(reply)["error"]["type"] == "ModelNotFound"
 
@@ -246,7 +177,7 @@ def test_models_in_paths_are_checked(handlers):
     ids=[case[0] for case in BAD_HTTP],
 )
 def test_bad_http_requests(handlers, models_root, source, data, query, status, error):
-    reply = both(handlers, http_event(source, data, "image/jpeg", query))
+    reply = handlers.both(http_event(source, data, "image/jpeg", query))
     assert reply["statusCode"] == status
     answer = body(reply)
     assert answer["error"]["type"] == error
@@ -254,7 +185,7 @@ def test_bad_http_requests(handlers, models_root, source, data, query, status, e
     assert str(REPO) not in answer["error"]["message"]
     assert "/tmp" not in answer["error"]["message"]
     # ...and the next request is served.
-    assert both(handlers, http_event(source, image_bytes("chelsea.jpg")))["statusCode"] == 200
+    assert handlers.both(http_event(source, image_bytes("chelsea.jpg")))["statusCode"] == 200
 
 
 BAD_JSON = [
@@ -341,7 +272,7 @@ BAD_JSON = [
     ("event", "error"), [c[1:] for c in BAD_JSON], ids=[c[0] for c in BAD_JSON]
 )
 def test_bad_direct_invokes_are_function_errors(handlers, event, error):
-    reply = both(handlers, event)
+    reply = handlers.both(event)
     if error is None:
         assert len(reply["predictions"]) == 10  # top_k beyond the class count: every class
         return
@@ -382,7 +313,7 @@ def test_every_image_kind_through_both_handlers(handlers, tiny, name):
     """Odd sizes, bit depths, palettes, alpha, CMYK, animation and EXIF orientations: both
     handlers give the Python API's answer."""
     event = {"image": base64.b64encode(image_bytes(name)).decode(), "top_k": 10}
-    answer = both(handlers, event)
+    answer = handlers.both(event)
     expected = tiny.predict(image_bytes(name), top_k=10)
     assert [p["index"] for p in answer["predictions"]] == [p.index for p in expected]
     assert [p["score"] for p in answer["predictions"]] == pytest.approx(
@@ -393,7 +324,7 @@ def test_every_image_kind_through_both_handlers(handlers, tiny, name):
 def test_http_errors_are_logged_with_the_details(handlers):
     """The caller's message names no paths and points to the logs: the logs must have it."""
     event = http_event("apigw-v2", b"not an image", "image/jpeg", {"model": "gray"})
-    assert both(handlers, event)["statusCode"] == 400
+    assert handlers.both(event)["statusCode"] == 400
     for handler in ("python", "native"):
         log = handlers[handler].log_path.read_text()
         failures = [json.loads(line) for line in log.splitlines() if '"request failed"' in line]
@@ -404,8 +335,8 @@ def test_http_errors_are_logged_with_the_details(handlers):
 
 def test_both_handlers_log_each_request_alike(handlers):
     """One JSON line per request from the shared core: same fields, same levels, request id."""
-    both(handlers, {"image": base64.b64encode(image_bytes("chelsea.jpg")).decode()})
-    assert both(handlers, {"model": "nope", "image": "AAAA"})["errorType"] == "ModelNotFound"
+    handlers.both({"image": base64.b64encode(image_bytes("chelsea.jpg")).decode()})
+    assert handlers.both({"model": "nope", "image": "AAAA"})["errorType"] == "ModelNotFound"
     lines = {}
     for handler in ("python", "native"):
         log = [json.loads(line) for line in handlers[handler].log_path.read_text().splitlines()
@@ -426,11 +357,11 @@ def test_both_handlers_log_each_request_alike(handlers):
 
 def test_bad_json_over_http_is_400(handlers):
     event = http_event("apigw-v2", b'{"image": [1, 2]}', "application/json")
-    reply = both(handlers, event)
+    reply = handlers.both(event)
     assert reply["statusCode"] == 400
     assert "`image`" in body(reply)["error"]["message"]
     broken = http_event("apigw-v2", b'{"image": ', "application/json")
-    assert both(handlers, broken)["statusCode"] == 400
+    assert handlers.both(broken)["statusCode"] == 400
 
 
 def test_native_handler_reports_missing_libtorch(tmp_path):

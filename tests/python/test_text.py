@@ -23,9 +23,8 @@ import pytest
 import torch
 from conftest import REPO
 from fixture_data import FIXTURES
-from handler_harness import NativeHandler, http_event
+from handler_harness import Handlers, http_event
 from test_efs_layout import efs, fresh_python, wheel  # noqa: F401 (fixtures)
-from test_handlers import PythonHandler, comparable
 from tokenizers import Tokenizer
 
 TEXT = FIXTURES / "text"
@@ -257,61 +256,49 @@ def handlers(tmp_path_factory):
         "LAMBDATORCH_PRELOAD": "text-classifier,text-embedder",
         **HANDLER_ENV,
     }
-    logs = tmp_path_factory.mktemp("logs")
-    python = PythonHandler(env, logs / "python.log")
-    native = NativeHandler(env, logs / "native.log")
-    try:
-        yield python, native
-    finally:
-        python.close()
-        native.close()
-
-
-def both(handlers, event: dict[str, Any]) -> dict[str, Any]:
-    python, native = (handler(event) for handler in handlers)
-    assert comparable(python) == comparable(native), (python, native)
-    return python
+    with Handlers(env, tmp_path_factory.mktemp("logs")) as both:
+        yield both
 
 
 def test_text_requests_through_both_handlers(lt, handlers):
     classifier = lt.load(ROOT / "text-classifier")
-    single = both(handlers, {"text": TEXTS[2], "top_k": 2})
+    single = handlers.both({"text": TEXTS[2], "top_k": 2})
     assert list(single) == ["model", "predictions", "timings_ms"]
     expected = classifier.predict(TEXTS[2], top_k=2)
     assert [p["index"] for p in single["predictions"]] == [p.index for p in expected]
     assert [p["score"] for p in single["predictions"]] == pytest.approx([p.score for p in expected])
-    batch = both(handlers, {"texts": TEXTS[:8]})
+    batch = handlers.both({"texts": TEXTS[:8]})
     assert len(batch["results"]) == 8
     in_batch = batch["results"][2]["predictions"][:2]
     assert [p["index"] for p in in_batch] == [p["index"] for p in single["predictions"]]
     assert [p["score"] for p in in_batch] == pytest.approx(
         [p["score"] for p in single["predictions"]], abs=TOLERANCE
     )
-    embedded = both(handlers, {"model": "text-embedder", "texts": TEXTS[:8]})
+    embedded = handlers.both({"model": "text-embedder", "texts": TEXTS[:8]})
     assert embedded["dims"] == 32 and len(embedded["embeddings"]) == 8
     np.testing.assert_allclose(
         np.array(embedded["embeddings"], np.float32),
         lt.load(ROOT / "text-embedder").embed(TEXTS[:8]),
         atol=TOLERANCE,
     )
-    one = both(handlers, {"model": "text-embedder", "text": TEXTS[0]})
+    one = handlers.both({"model": "text-embedder", "text": TEXTS[0]})
     assert len(one["embeddings"]) == 1
 
 
 @pytest.mark.parametrize("source", ["apigw-v1", "apigw-v2", "function-url", "alb"])
 def test_text_plain_bodies(handlers, source):
-    reply = both(handlers, http_event(source, TEXTS[9].encode(), "text/plain; charset=utf-8"))
+    reply = handlers.both(http_event(source, TEXTS[9].encode(), "text/plain; charset=utf-8"))
     assert reply["statusCode"] == 200
     answer = json.loads(reply["body"])
-    direct = both(handlers, {"text": TEXTS[9]})
+    direct = handlers.both({"text": TEXTS[9]})
     assert answer["predictions"] == direct["predictions"]
-    bad = both(handlers, http_event(source, b"caf\xe9", "text/plain"))
+    bad = handlers.both(http_event(source, b"caf\xe9", "text/plain"))
     assert bad["statusCode"] == 400
     assert json.loads(bad["body"])["error"]["type"] == "InvalidInput"
-    big = both(handlers, http_event(source, b"x" * 2001, "text/plain"))
+    big = handlers.both(http_event(source, b"x" * 2001, "text/plain"))
     assert big["statusCode"] == 413
     as_json = json.dumps({"model": "text-embedder", "text": "hello"}).encode()
-    embedded = json.loads(both(handlers, http_event(source, as_json, "application/json"))["body"])
+    embedded = json.loads(handlers.both(http_event(source, as_json, "application/json"))["body"])
     assert embedded["dims"] == 32
 
 
@@ -329,7 +316,7 @@ def test_text_plain_bodies(handlers, source):
     ],
 )
 def test_bad_text_requests_are_function_errors(handlers, event, error):
-    assert both(handlers, event)["errorType"] == error
+    assert handlers.both(event)["errorType"] == error
 
 
 # --- the EFS path ----------------------------------------------------------------------------
