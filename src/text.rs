@@ -11,8 +11,8 @@
 use std::path::Path;
 
 use tokenizers::{
-    EncodeInput, Encoding, PaddingParams, PaddingStrategy, PostProcessor, Tokenizer,
-    TruncationParams,
+    EncodeInput, Encoding, PaddingDirection, PaddingParams, PaddingStrategy, PostProcessor,
+    Tokenizer, TruncationParams,
 };
 
 use crate::error::{Error, Limit, Result};
@@ -85,6 +85,29 @@ impl Tokens {
         }
     }
 
+    /// Appends one text's row of each tensor: its tokens, with `pads` padding tokens on the side
+    /// `padding` says, as `Encoding::pad` pads.
+    fn push(&mut self, encoding: &Encoding, pads: usize, padding: &PaddingParams) {
+        let left = matches!(padding.direction, PaddingDirection::Left);
+        if left {
+            self.push_padding(pads, padding);
+        }
+        self.input_ids.extend(widened(encoding.get_ids()));
+        self.attention_mask
+            .extend(widened(encoding.get_attention_mask()));
+        self.token_type_ids.extend(widened(encoding.get_type_ids()));
+        if !left {
+            self.push_padding(pads, padding);
+        }
+    }
+
+    fn push_padding(&mut self, pads: usize, padding: &PaddingParams) {
+        let repeat = |value: u32| std::iter::repeat_n(i64::from(value), pads);
+        self.input_ids.extend(repeat(padding.pad_id));
+        self.attention_mask.extend(repeat(0));
+        self.token_type_ids.extend(repeat(padding.pad_type_id));
+    }
+
     /// One of the tensors as [`TensorData`] (int64, `[batch, length]`).
     pub fn tensor(&self, tensor: TextTensor) -> Result<TensorData> {
         TensorData::new(
@@ -105,7 +128,9 @@ impl Tokens {
 /// A model's tokenizer with the manifest's settings.
 #[derive(Debug)]
 pub struct TextPipeline {
+    /// Truncates but does not pad: [`TextPipeline::tokenize`] pads while it gathers the batch.
     tokenizer: Tokenizer,
+    padding: PaddingParams,
     spec: TextInput,
 }
 
@@ -193,9 +218,10 @@ impl TextPipeline {
             Padding::MaxLength => PaddingStrategy::Fixed(spec.max_length),
         };
         padding.pad_to_multiple_of = None;
-        tokenizer.with_padding(Some(padding));
+        tokenizer.with_padding(None);
         Ok(TextPipeline {
             tokenizer,
+            padding,
             spec: spec.clone(),
         })
     }
@@ -253,24 +279,30 @@ impl TextPipeline {
     }
 
     /// Tokenizes a batch of texts (checked first, see [`TextPipeline::check`]) into padded
-    /// `[batch, length]` tensors.
+    /// `[batch, length]` tensors: the ids, masks and segments `encode_batch` gives.
+    ///
+    /// One text after another on the calling thread, not with `encode_batch`, which hands the
+    /// texts to rayon's global pool (and pads them there): on a Lambda of a few cores those
+    /// threads wait for the cores that libtorch's OpenMP threads still spin on after the last
+    /// forward pass, and the hand-offs cost more than tokenizing short texts does. With
+    /// `encode_fast`, which skips the token strings and offsets no model reads.
     pub fn tokenize(&self, texts: &[TextSource], limits: &Limits) -> Result<Tokens> {
         self.check(texts, limits)?;
         if texts.is_empty() {
             return Err(Error::invalid_input("no texts to tokenize"));
         }
-        let inputs: Vec<EncodeInput<'_>> = texts
+        let encodings = texts
             .iter()
-            .map(|text| match text {
-                TextSource::Single(text) => EncodeInput::from(text.as_str()),
-                TextSource::Pair(first, second) => {
-                    EncodeInput::from((first.as_str(), second.as_str()))
-                }
+            .map(|text| {
+                let input = match text {
+                    TextSource::Single(text) => EncodeInput::from(text.as_str()),
+                    TextSource::Pair(first, second) => {
+                        EncodeInput::from((first.as_str(), second.as_str()))
+                    }
+                };
+                self.tokenizer.encode_fast(input, true)
             })
-            .collect();
-        let encodings = self
-            .tokenizer
-            .encode_batch(inputs, true)
+            .collect::<tokenizers::Result<Vec<Encoding>>>()
             .map_err(|err| Error::invalid_input(format!("the text cannot be tokenized: {err}")))?;
         if !self.spec.truncation {
             for (i, encoding) in encodings.iter().enumerate() {
@@ -286,31 +318,38 @@ impl TextPipeline {
                 }
             }
         }
-        gather(&encodings)
+        self.gather(&encodings)
+    }
+
+    /// Stacks the encodings into row-major tensors, padded to the longest of the batch or to
+    /// `max_length`, as the manifest says.
+    fn gather(&self, encodings: &[Encoding]) -> Result<Tokens> {
+        let longest = encodings.iter().map(Encoding::len).max().unwrap_or(0);
+        let length = match self.padding.strategy {
+            PaddingStrategy::BatchLongest => longest,
+            PaddingStrategy::Fixed(length) => length,
+        };
+        if longest > length {
+            return Err(Error::internal(
+                "tokenize",
+                format!("an encoding of {longest} tokens despite truncation to {length}"),
+            ));
+        }
+        let size = encodings.len() * length;
+        let mut tokens = Tokens {
+            batch: encodings.len(),
+            length,
+            input_ids: Vec::with_capacity(size),
+            attention_mask: Vec::with_capacity(size),
+            token_type_ids: Vec::with_capacity(size),
+        };
+        for encoding in encodings {
+            tokens.push(encoding, length - encoding.len(), &self.padding);
+        }
+        Ok(tokens)
     }
 }
 
-/// Stacks equally long (padded) encodings into row-major tensors.
-fn gather(encodings: &[Encoding]) -> Result<Tokens> {
-    let length = encodings.first().map_or(0, Encoding::len);
-    if encodings.iter().any(|e| e.len() != length) {
-        return Err(Error::internal(
-            "tokenize",
-            "the tokenizer returned encodings of different lengths despite padding",
-        ));
-    }
-    let widen = |values: &[u32]| values.iter().map(|&v| i64::from(v)).collect::<Vec<_>>();
-    Ok(Tokens {
-        batch: encodings.len(),
-        length,
-        input_ids: encodings.iter().flat_map(|e| widen(e.get_ids())).collect(),
-        attention_mask: encodings
-            .iter()
-            .flat_map(|e| widen(e.get_attention_mask()))
-            .collect(),
-        token_type_ids: encodings
-            .iter()
-            .flat_map(|e| widen(e.get_type_ids()))
-            .collect(),
-    })
+fn widened(values: &[u32]) -> impl Iterator<Item = i64> + '_ {
+    values.iter().map(|&v| i64::from(v))
 }
