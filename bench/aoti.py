@@ -119,7 +119,6 @@ def exported(model: str, fmt: str, log: Path) -> tuple[Path, float | None]:
     import torch
     import torchvision
     from lambdatorch import _export
-    from lambdatorch.errors import InferenceError
 
     from scripts.make_fixtures import calibrate_batch_norm
 
@@ -133,18 +132,7 @@ def exported(model: str, fmt: str, log: Path) -> tuple[Path, float | None]:
     began = time.monotonic()
     example = torch.randn(1, 3, 224, 224)
     options = {"preset": "imagenet", "labels": categories, "format": fmt, "cpu": "avx2"}
-    try:
-        report = _export.export_model(module, example, cached / "model", **options)
-    except InferenceError as err:
-        if "INVALID_VEC_ISA" not in str(err):
-            raise
-        # Inductor's check that this machine builds AVX2 code failed (a busy machine) and it
-        # keeps that answer for the process: forget it and try once more.
-        from torch._inductor import cpu_vec_isa
-
-        print(f"bench aoti: {err}; retrying once", flush=True)
-        cpu_vec_isa.valid_vec_isa_list.cache_clear()
-        report = _export.export_model(module, example, cached / "model", **options)
+    report = _export.export_model(module, example, cached / "model", **options)
     seconds = time.monotonic() - began
     (cached / "settings.json").write_text(
         json.dumps(

@@ -297,7 +297,10 @@ def _save_aoti(torch: Any, program: Any, staging: Path, cpu: str) -> tuple[int, 
     # Not linked against libtorch.so: its symbols are all in libtorch_cpu.so, which both
     # handlers have loaded, while PyPI's CUDA-enabled libtorch.so pulls libtorch_cuda.so and
     # the CUDA runtime (hundreds of MB, hundreds of ms) into every cold start.
-    configs = {"freezing": True, "aot_inductor.link_libtorch": False}
+    # The ISA comes from the CPU's flags (and ATEN_CPU_CAPABILITY), not from Inductor's probe
+    # (a compile, then a dlopen in a child with a time limit), which can fail on a busy machine
+    # and then has Inductor compile scalar code for the rest of the process.
+    configs = {"freezing": True, "aot_inductor.link_libtorch": False, "cpp.vec_isa_ok": True}
     with _cpu_capability(cpu), _quiet_jit(), torch.no_grad():
         torch._inductor.aoti_compile_and_package(
             program, package_path=str(archive), inductor_configs=configs
@@ -314,13 +317,10 @@ def _save_aoti(torch: Any, program: Any, staging: Path, cpu: str) -> tuple[int, 
     }
     wanted = CPU_CAPABILITIES[cpu]
     if wanted and not head["cpu_isa"].lower().startswith(wanted):
-        # Inductor falls back to scalar code when its check that this machine builds and loads
-        # code for the ISA (a compile, then a dlopen in a child with a 60 s limit) fails, and
-        # keeps that answer for the process: seen once here, on a machine busy compiling.
+        # Inductor compiles for an ISA only where the CPU's flags list it.
         raise InferenceError(
-            f"Inductor compiled for {head['cpu_isa']!r}, not {cpu}: its check that this machine "
-            f"can build and load {cpu} code failed (it can fail on a busy machine, and the answer "
-            "is kept for the process); run the export again"
+            f"Inductor compiled for {head['cpu_isa']!r}, not {cpu}: this machine's CPU does not "
+            f"list {cpu}; export on one that does (any x86_64 Lambda host has AVX2)"
         )
     return size, head
 

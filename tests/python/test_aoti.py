@@ -302,8 +302,8 @@ def test_export_format_aoti_compiles_for_avx2_and_checks_parity(lt, tmp_path):
 
 
 def test_export_refuses_a_package_inductor_compiled_without_the_isa(lt, tmp_path, monkeypatch):
-    """When Inductor's check that this machine builds the ISA's code fails, it compiles scalar
-    code (`INVALID_VEC_ISA`): export says so, and leaves nothing behind."""
+    """When Inductor finds no vector ISA on this machine, it compiles scalar code
+    (`INVALID_VEC_ISA`): export says so, and leaves nothing behind."""
     import torch
     from torch._inductor import cpu_vec_isa
 
