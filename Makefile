@@ -116,7 +116,7 @@ fmt:
 # smoke run CI executes (minutes), written to target/bench-quick/ so it never replaces them.
 .PHONY: bench
 BENCH_OUT = $(if $(QUICK),target/bench-quick,bench)
-bench: $(VENV)/.lambdatorch target/lambda/.built
+bench: $(VENV)/.lambdatorch target/lambda/.built $(FIXTURES)/.done
 	command -v strace >/dev/null || { apt-get update -qq && apt-get install -y -qq strace; }
 	# The EFS stand-in (bench/efs.py), where the kernel offers FUSE: libfuse3 and fusermount3
 	# (Debian's fuse3), mfusepy (PyPI). Without /dev/fuse the bench skips it and says so.

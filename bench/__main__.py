@@ -6,8 +6,8 @@ probes (bytes read, which starts from an evicted page cache, then the strace cou
 again), then the session whose cold start is measured on a warm page cache, as the EFS model wants,
 then a cold start on the EFS stand-in (``efs.py``, a fresh FUSE mount of the tree with EFS's
 latency and throughput), where ``/dev/fuse`` exists; elsewhere that part is skipped, and said so.
-Then AOTInductor against TorchScript (``aoti.py``) and the native handler under many requests at
-once (``concurrency.py``).
+Then AOTInductor against TorchScript (``aoti.py``), the native handler under many requests at
+once (``concurrency.py``) and text models against ``transformers`` (``text.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 from scripts.local_lambda import REPO
 
-from . import aoti, concurrency, on_efs, report
+from . import aoti, concurrency, on_efs, report, text
 from .contenders import BOOTSTRAP, CONTENDERS
 from .efs import unavailable
 from .preprocess import ENV as SINGLE_THREAD
@@ -50,6 +50,7 @@ def main() -> int:
         sys.exit(f"bench: {BOOTSTRAP} is missing: run `make lambda` first")
     began = time.monotonic()
     tree = build(WORK)
+    text.prepare(tree)  # before the page record, which runs every model of the tree
     logs = WORK / ("logs-quick" if args.quick else "logs")
     logs.mkdir(parents=True, exist_ok=True)
     plan = QUICK if args.quick else FULL
@@ -103,6 +104,8 @@ def main() -> int:
     results["aoti"] = aoti.run(tree, args.quick, logs)
     print(f"bench: many requests at once ({time.monotonic() - began:.0f} s)", flush=True)
     results["concurrency"] = concurrency.run(tree, args.quick, logs)
+    print(f"bench: text models ({time.monotonic() - began:.0f} s)", flush=True)
+    results["text"] = text.run(tree, args.quick, logs)
     results["seconds"] = time.monotonic() - began
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from . import aoti, concurrency
+from . import aoti, concurrency, text
 from .contenders import CONTENDERS
 from .efs import Settings
 from .preprocess import RESIZE
@@ -568,6 +568,7 @@ def summary(results: dict[str, Any]) -> str:
     ]
     lines += [aoti.summary(results.get("aoti", {}))]
     lines += [concurrency.summary(results.get("concurrency", {}))]
+    lines += [text.summary(results.get("text", {}))]
     return "\n".join(lines)
 
 
@@ -587,6 +588,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         preprocess_section(results["preprocess"], results["images"]),
         aoti.section(results.get("aoti", {})),
         concurrency.section(results.get("concurrency", {})),
+        text.section(results.get("text", {})),
     ]
     (out / "report.md").write_text("\n".join(sections))
     plot(results, out / "report.png")
