@@ -278,22 +278,10 @@ impl Service {
         }
         let model = self.model(request.model.as_deref())?;
         let single = request.payload.is_single();
-        let texts = match request.payload {
-            Payload::Text(text) => Some(vec![text]),
-            Payload::Texts(texts) => Some(texts),
-            payload => {
-                return self.handle_tensors(&model, payload, top_k, single, started);
-            }
-        };
-        let texts = texts.unwrap_or_default();
-        let (answer, mut timings) = model.run_texts(&texts, top_k)?;
-        let body = match answer {
-            TextAnswer::Predictions(rows) => predictions_body(rows, single),
-            TextAnswer::Embeddings(embeddings) => Body::Embeddings {
-                dims: embeddings.dims,
-                embeddings: embeddings.rows().map(<[f32]>::to_vec).collect(),
-            },
-            TextAnswer::Raw(output) => raw_body(&model, output)?,
+        let (body, mut timings) = match request.payload {
+            Payload::Text(text) => answer_texts(&model, &[text], top_k, single)?,
+            Payload::Texts(texts) => answer_texts(&model, &texts, top_k, single)?,
+            payload => answer_tensors(&model, payload, top_k, single, started)?,
         };
         timings.total = ms_since(started);
         Ok(Response {
@@ -303,45 +291,57 @@ impl Service {
             timings,
         })
     }
+}
 
-    /// [`Service::handle`] for images and tensors.
-    fn handle_tensors(
-        &self,
-        model: &Model,
-        payload: Payload,
-        top_k: Option<usize>,
-        single: bool,
-        started: Instant,
-    ) -> Result<Response> {
-        let (output, mut timings) = match payload {
-            Payload::Image(bytes) => model.infer(&[ImageSource::Encoded(&bytes)])?,
-            Payload::Images(images) => {
-                let sources: Vec<_> = images.iter().map(|b| ImageSource::Encoded(b)).collect();
-                model.infer(&sources)?
-            }
-            Payload::Tensor { shape, data } => {
-                model.check_shape(&shape)?;
-                let converted = TensorData::from_json(shape, &data, model.input().dtype())?;
-                let preprocess = ms_since(started);
-                let (output, mut timings) = model.forward_timed(&converted)?;
-                timings.preprocess = preprocess;
-                (output, timings)
-            }
-            Payload::Text(_) | Payload::Texts(_) => {
-                return Err(Error::internal("handle", "texts reached the tensor path"))
-            }
-        };
-        let before = Instant::now();
-        let body = answer(model, output, top_k, single)?;
-        timings.inference += ms_since(before);
-        timings.total = ms_since(started);
-        Ok(Response {
-            model: model.name().to_owned(),
-            body,
-            batch_size: timings.batch_size,
-            timings,
-        })
-    }
+/// The body and timings of a request for texts.
+fn answer_texts(
+    model: &Model,
+    texts: &[TextSource],
+    top_k: Option<usize>,
+    single: bool,
+) -> Result<(Body, Timings)> {
+    let (answer, timings) = model.run_texts(texts, top_k)?;
+    let body = match answer {
+        TextAnswer::Predictions(rows) => predictions_body(rows, single),
+        TextAnswer::Embeddings(embeddings) => Body::Embeddings {
+            dims: embeddings.dims,
+            embeddings: embeddings.rows().map(<[f32]>::to_vec).collect(),
+        },
+        TextAnswer::Raw(output) => raw_body(model, output)?,
+    };
+    Ok((body, timings))
+}
+
+/// The body and timings of a request for images or a tensor.
+fn answer_tensors(
+    model: &Model,
+    payload: Payload,
+    top_k: Option<usize>,
+    single: bool,
+    started: Instant,
+) -> Result<(Body, Timings)> {
+    let (output, mut timings) = match payload {
+        Payload::Image(bytes) => model.infer(&[ImageSource::Encoded(&bytes)])?,
+        Payload::Images(images) => {
+            let sources: Vec<_> = images.iter().map(|b| ImageSource::Encoded(b)).collect();
+            model.infer(&sources)?
+        }
+        Payload::Tensor { shape, data } => {
+            model.check_shape(&shape)?;
+            let converted = TensorData::from_json(shape, &data, model.input().dtype())?;
+            let preprocess = ms_since(started);
+            let (output, mut timings) = model.forward_timed(&converted)?;
+            timings.preprocess = preprocess;
+            (output, timings)
+        }
+        Payload::Text(_) | Payload::Texts(_) => {
+            return Err(Error::internal("handle", "texts reached the tensor path"))
+        }
+    };
+    let before = Instant::now();
+    let body = answer(model, output, top_k, single)?;
+    timings.inference += ms_since(before);
+    Ok((body, timings))
 }
 
 fn ms_since(start: Instant) -> f64 {
