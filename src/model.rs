@@ -9,7 +9,6 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -200,7 +199,8 @@ impl Model {
         let text = self.text()?;
         self.limits.check_text_count(texts.len())?;
         self.check_batch(texts.len())?;
-        text.tokenize(texts, &self.limits)
+        Lanes::global()
+            .prepare(|| text.tokenize(texts, &self.limits))
             .map_err(|err| self.named(err))
     }
 
@@ -323,8 +323,9 @@ impl Model {
     }
 
     /// [`Model::preprocess`] into `out`, which holds the whole batch. Each image goes from bytes
-    /// to its slice of the batch on one worker thread, in parallel across images; the wall time
-    /// is split between decode and preprocess in proportion to the time images spent in each.
+    /// to its slice of the batch on one of the CPU plan's workers, in parallel across images (a
+    /// lone image of a sequential handler stays on its caller's thread); the wall time is split
+    /// between decode and preprocess in proportion to the time images spent in each.
     fn preprocess_into(&self, images: &[ImageSource<'_>], out: &mut [f32]) -> Result<[f64; 2]> {
         let started = Instant::now();
         let pre = self.preprocessor()?;
@@ -333,11 +334,12 @@ impl Model {
             pre.tensor_of(images[*i], out)
                 .map_err(|err| in_batch(err, *i, images.len()))
         };
-        let stages: Vec<(f64, f64)> = match worker_pool() {
-            Some(pool) if images.len() > 1 => {
-                pool.install(|| slots.par_iter_mut().map(work).collect::<Result<_>>())?
+        let plan = Lanes::global();
+        let stages: Vec<(f64, f64)> = match plan.workers() {
+            Some(workers) if images.len() > 1 => {
+                workers.install(|| slots.par_iter_mut().map(work).collect::<Result<_>>())?
             }
-            _ => slots.iter_mut().map(work).collect::<Result<_>>()?,
+            _ => plan.prepare(|| slots.iter_mut().map(work).collect::<Result<_>>())?,
         };
         let wall = ms_since(started);
         let (decode, preprocess) = stages
@@ -708,21 +710,6 @@ fn verify_tree(dir: &ModelDir) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// The threads that decode and preprocess a batch's images in parallel: as many as the CPUs this
-/// process may use (a Lambda function's memory buys a share, which rayon's global pool ignores).
-/// `None` if no thread could be spawned: the work then stays on the caller's thread.
-fn worker_pool() -> Option<&'static rayon::ThreadPool> {
-    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(usable_cpus())
-            .thread_name(|i| format!("lambdatorch-{i}"))
-            .build()
-            .ok()
-    })
-    .as_ref()
 }
 
 /// Prefixes an error with the input's position when it came in a batch.
