@@ -1,7 +1,8 @@
 """Text models (issue 13): lambdatorch's Python handler against the one people write.
 
 Part of ``make bench`` (its report's "Text models" section); alone, ``python -m bench.text
-[--quick] [--out DIR]`` writes DIR/text.json and DIR/text.md (DIR: target/bench).
+[--quick] [--out DIR]`` writes DIR/text.json and DIR/text.md (DIR: target/bench); bench/text.md is
+such a run, kept until a full ``make bench`` reports the section in bench/report.md.
 
 The tree is the benchmark's (``tree.py``) with transformers and its dependencies linked from the
 venv, as torch is, and the fixtures' text classifier and embedding model (``make fixtures``: tiny
@@ -200,6 +201,7 @@ def run(tree: Tree, quick: bool, logs: Path) -> dict[str, Any]:
     prepare(tree)
     skipped = unavailable()
     results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "plan": vars(plan),
         "sentences": SENTENCES,
         "standin": {"settings": SETTINGS.describe(), "skipped": skipped},
@@ -358,7 +360,8 @@ def main() -> int:
     results = run(tree, args.quick, logs)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "text.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / "text.md").write_text(section(results))
+    preface = f"`python -m bench.text`, run {results['date']} on {os.cpu_count()} CPUs.\n\n"
+    (args.out / "text.md").write_text(section(results).replace("\n\n", "\n\n" + preface, 1))
     print(summary(results))
     return 0
 
