@@ -5,13 +5,13 @@
 //! launcher starts a detached process that asks the kernel (`posix_fadvise(WILLNEED)`) for, in
 //! this order: each library's linker sections ([`crate::plan::LINKER_SECTIONS`]); the pages a
 //! cold start was recorded touching (`.lambdatorch-pages.json` beside libtorch, written by the
-//! Python package's `_prefetch.record_pages`, e.g. from `lambdatorch doctor`; ignored when stale);
+//! Python package's `_libtorch.record_pages`, e.g. from `lambdatorch doctor`; ignored when stale);
 //! and the model files `LAMBDATORCH_PRELOAD` names (an AOTInductor model's: every file of its
 //! unpacked package). The handler starts at once and finds those
 //! bytes arriving, or there. The record also holds the load plan ([`crate::plan`]), so that a
 //! start with a valid record reads no ELF header and lists no directory. Prefetching only changes
 //! when bytes arrive: every failure is ignored. The same steps as
-//! `python/lambdatorch/_prefetch.py`, for the Python handler.
+//! `python/lambdatorch/_libtorch.py`, for the Python handler.
 
 use std::collections::HashMap;
 use std::fs::File;

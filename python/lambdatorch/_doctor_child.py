@@ -5,7 +5,7 @@ with ``PYTHONPATH=root/python`` as the only import path, as on Lambda. It import
 lambdatorch, loads libtorch, then loads each model and runs one inference on zeros shaped from its
 manifest. Each model's failure is caught on its own; the report is one JSON line after ``MARK`` on
 stdout. With ``--record-pages`` it then writes libtorch's page record (which pages of libtorch
-this cold start touched, for later cold starts to prefetch: ``lambdatorch._prefetch``); without,
+this cold start touched, for later cold starts to prefetch: ``lambdatorch._libtorch``); without,
 it writes nothing.
 
 It is run by path, not with ``-m lambdatorch._doctor_child``: the lambdatorch it checks is the
@@ -100,12 +100,12 @@ def page_record_state(lib_dir: Any) -> str:
     timed was prefetched from it), ``stale`` when it has one that no longer does, else ``none``
     (also for a tree whose lambdatorch predates page records)."""
     try:
-        from lambdatorch import _prefetch
+        from lambdatorch import _libtorch
 
-        record = _prefetch.read_record(lib_dir)
+        record = _libtorch.read_record(lib_dir)
         if record is None:
-            return "stale" if (lib_dir / _prefetch.PAGES_FILE).exists() else "none"
-        return "used" if _prefetch.recorded_plan(lib_dir, record) is not None else "stale"
+            return "stale" if (lib_dir / _libtorch.PAGES_FILE).exists() else "none"
+        return "used" if _libtorch.recorded_plan(lib_dir, record) is not None else "stale"
     except Exception:
         return "none"
 

@@ -121,7 +121,7 @@ def test_no_failed_lookups_in_the_tree_while_loading(tmp_path):
     failed = [line for line in trace.read_text().splitlines() if site in line and "ENOENT" in line]
     # Without a page record (a tree doctor or the benchmark has not recorded yet), looking for it
     # is the one expected miss: once in the loader, once in the prefetch helper.
-    record = [line for line in failed if ".lambdatorch-pages.json" in line]  # _prefetch.PAGES_FILE
+    record = [line for line in failed if ".lambdatorch-pages.json" in line]  # _libtorch.PAGES_FILE
     assert len(record) <= 2, record
     assert [line for line in failed if line not in record] == []
 
@@ -131,11 +131,11 @@ def test_recorded_pages_round_trip(tmp_path):
     out = run(
         "import sys\n"
         "from pathlib import Path\n"
-        "from lambdatorch import _libtorch, _prefetch\n"
+        "from lambdatorch import _libtorch\n"
         "lib = _libtorch.preload()\n"
         "plan = _libtorch.load_plan(lib)\n"
         f"out = Path({str(tmp_path)!r})\n"
-        "print(_prefetch.record_pages(out, plan.tree, plan.system, plan.linker_ranges))\n"
+        "print(_libtorch.write_page_record(out, plan.tree, plan.system, plan.linker_ranges))\n"
     )
     record = json.loads(Path(out.strip()).read_text())
     assert record["format"] == 1
@@ -146,35 +146,35 @@ def test_recorded_pages_round_trip(tmp_path):
 
     sys.path.insert(0, str(PACKAGE))
     try:
-        from lambdatorch import _libtorch, _prefetch
+        from lambdatorch import _libtorch
     finally:
         sys.path.remove(str(PACKAGE))
     plan = _libtorch.load_plan(TORCH_LIB)
     assert plan is not None
-    found = _prefetch.recorded(tmp_path, plan.tree)
+    found = _libtorch.recorded(tmp_path, plan.tree)
     assert set(found) == set(plan.tree)
     # The record holds the plan too: nothing to read or list on the next start.
-    record = _prefetch.read_record(tmp_path)
+    record = _libtorch.read_record(tmp_path)
     assert _libtorch.load_plan(tmp_path, record) is not None
-    assert _prefetch.recorded_plan(tmp_path, record) is not None
-    system, tree, linker = _prefetch.recorded_plan(tmp_path, record)
+    assert _libtorch.recorded_plan(tmp_path, record) is not None
+    system, tree, linker = _libtorch.recorded_plan(tmp_path, record)
     assert system == plan.system
     assert [os.path.realpath(p) for p in tree] == [os.path.realpath(p) for p in plan.tree]
     assert {os.path.realpath(p): r for p, r in linker.items()} == {
         os.path.realpath(p): r for p, r in plan.linker_ranges.items()
     }
-    record = json.loads((tmp_path / _prefetch.PAGES_FILE).read_text())
-    stale = tmp_path / _prefetch.PAGES_FILE
+    record = json.loads((tmp_path / _libtorch.PAGES_FILE).read_text())
+    stale = tmp_path / _libtorch.PAGES_FILE
     for entry in record["libraries"].values():
         entry["file"][0] += 1  # as if the library had changed size since
     stale.write_text(json.dumps(record))
-    assert _prefetch.recorded(tmp_path, plan.tree) == {}
+    assert _libtorch.recorded(tmp_path, plan.tree) == {}
 
 
 def test_merged_ranges():
     sys.path.insert(0, str(PACKAGE))
     try:
-        from lambdatorch._prefetch import merged
+        from lambdatorch._libtorch import merged
     finally:
         sys.path.remove(str(PACKAGE))
     assert merged([(100, 10), (0, 10), (15, 5), (300, 1)], gap=10) == ((0, 20), (100, 10), (300, 1))
@@ -212,7 +212,7 @@ def test_prefetch_covers_an_aoti_package_directory(tmp_path):
     package (the library first), never what a symlink in it points at."""
     sys.path.insert(0, str(PACKAGE))
     try:
-        from lambdatorch._prefetch import model_files
+        from lambdatorch._libtorch import model_files
     finally:
         sys.path.remove(str(PACKAGE))
     (tmp_path / "ts").mkdir()
@@ -271,7 +271,7 @@ def doctor(root: Path, *extra: str) -> dict[str, tuple[bool, str]]:
 
 
 def test_doctor_records_pages_only_when_asked(tree):
-    record = tree / "python" / "torch" / "lib" / ".lambdatorch-pages.json"  # _prefetch.PAGES_FILE
+    record = tree / "python" / "torch" / "lib" / ".lambdatorch-pages.json"  # _libtorch.PAGES_FILE
     checks = doctor(tree)
     assert "page-record" not in checks
     assert not record.exists()
@@ -341,14 +341,14 @@ print(json.dumps(lambdatorch.handler.lambda_handler(event, None)))
 """
 #: Metadata operations of that cold start in a tree with a page record, as the stand-in counts
 #: them (issue 16: at most 1/200 of torch-python's, about 7,400-9,400 there). What is left: the
-#: import system's 21 (the root, the path entry and its listing; the package, its three probes
+#: import system's 18 (the root, the path entry and its listing; the package, its three probes
 #: for an extension, its source, bytecode directory, bytecode and its open, its listing; the source,
-#: bytecode and open of _libtorch, _prefetch and handler), _core's 2, the page record's 2, 10
+#: bytecode and open of _libtorch and handler), _core's 2, the page record's 2, 10
 #: lookups of libtorch's libraries and their directories (five files with PyPI's CUDA build) and
 #: 10 opens (the prefetch helper's and the loader's), and the model's 10: 4 lookups, its manifest
 #: opened twice (for the prefetch, then to load), its file four times (the prefetch helper, the
 #: sha256 check, libtorch's loader twice through /proc/self/fd).
-COLD_START_OPERATIONS = 55
+COLD_START_OPERATIONS = 52
 
 
 @pytest.mark.skipif(not Path("/usr/bin/strace").exists(), reason="strace is not installed")
