@@ -181,6 +181,19 @@ def test_merged_ranges():
     assert merged([(0, 100), (10, 5)], gap=0) == ((0, 100),)
 
 
+def test_both_handlers_prefetch_the_same_linker_sections():
+    """The Python handler's prefetch (``_libtorch``) and bootstrap's (``plan.rs``, no Python there)
+    each list the sections the dynamic loader reads whole: the two lists must stay one."""
+    sys.path.insert(0, str(PACKAGE))
+    try:
+        from lambdatorch._libtorch import LINKER_SECTIONS
+    finally:
+        sys.path.remove(str(PACKAGE))
+    rust = (REPO / "bootstrap" / "src" / "plan.rs").read_text()
+    listed = rust[rust.index("pub const LINKER_SECTIONS") :]
+    assert set(re.findall(r'"([^"]+)"', listed[: listed.index("];")])) == LINKER_SECTIONS
+
+
 def test_the_efs_stand_in(tmp_path):
     """Latency per operation, failed lookups counted, a throughput cap, nothing cached at start."""
     sys.path.insert(0, str(REPO))
