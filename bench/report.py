@@ -449,8 +449,9 @@ def warm_section(runs: Runs, plan: dict[str, Any]) -> str:
 {plan["requests"]} timed requests per model and image, after {WARMUP} warm-up requests; the JPEG is
 sent base64-encoded in a direct invoke. Total is the billed duration: from the Runtime API handing
 out the event to the response arriving (event parsing, base64, decode, preprocessing, inference,
-response). Inference is the handler's own timing of the forward pass (`timings_ms.inference`; the
-torch-python handler times `model(batch)` the same way). Overhead = total - inference, per request.
+response). Inference is the handler's own timing of the forward pass and the output head, softmax
+and top-k (`timings_ms.inference`; the torch-python handler times the same span). Overhead is
+total minus inference, per request.
 
 {latency}
 
