@@ -100,7 +100,6 @@ impl Model {
             Threads::Auto => usable_cpus(),
             Threads::Count(n) => n,
         };
-        backend::set_threads(threads);
         let not_loadable = |message: String| {
             Error::manifest(
                 &dir.manifest_path,
@@ -108,19 +107,26 @@ impl Model {
                 format!("{}: {message}", dir.model_file.display()),
             )
         };
-        let backend = match dir.manifest.format {
+        // On a lane, as forward passes are: libtorch's parallel work while loading would
+        // otherwise give the caller's thread an OpenMP team of its own, and with more OpenMP
+        // threads than CPUs in the process, libgomp's workers stop spinning between parallel
+        // regions (MobileNetV3 at batch 1 on 2 cores: 12-15 ms a pass instead of 5-7).
+        let format = dir.manifest.format;
+        let load =
+            |path: PathBuf| Lanes::global().run(threads, move || backend::load(format, &path));
+        let backend = match format {
             Format::Torchscript => {
                 let file = verified_file(&dir)?;
                 // The backend reads the file through `/proc/self/fd`: the file hashed is the
                 // file loaded (a replacement renamed into place meanwhile is not picked up), and
                 // the model's bytes are never held in memory beside the loaded module.
-                let opened = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-                backend::load(dir.manifest.format, &opened).map_err(not_loadable)?
+                load(PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())))
+                    .map_err(not_loadable)?
             }
             Format::Aoti => {
                 verify_tree(&dir)?;
                 check_package(&dir)?;
-                backend::load(dir.manifest.format, &dir.model_file).map_err(not_loadable)?
+                load(dir.model_file.clone()).map_err(not_loadable)?
             }
         };
         check_batch_sizes(&dir, backend.batch_sizes())?;
@@ -249,15 +255,20 @@ impl Model {
         self.check_batch(images.len())?;
         let shape = [images.len(), c, h, w].map(|d| d as i64);
         // Preprocessed straight into the tensor libtorch then runs on; zeroed first, so the
-        // slice below never views uninitialised memory.
-        let batch = tch::Tensor::f_zeros(shape, (tch::Kind::Float, tch::Device::Cpu))
+        // slice below never views uninitialised memory. Zeroed here, not by `zeros`, whose
+        // parallel fill would give this thread an OpenMP team (see `Model::load`).
+        let batch = tch::Tensor::f_empty(shape, (tch::Kind::Float, tch::Device::Cpu))
             .map_err(|err| Error::internal("batch tensor", err))?;
         let numel = batch.numel();
         let [decode, preprocess] = {
-            // SAFETY: `batch` is a new, contiguous, zeroed float32 CPU tensor of `numel` elements
-            // that nothing else references; the slice is dropped before the tensor is used again.
-            let floats =
-                unsafe { std::slice::from_raw_parts_mut(batch.data_ptr().cast::<f32>(), numel) };
+            let start = batch.data_ptr().cast::<f32>();
+            // SAFETY: `batch` is a new, contiguous float32 CPU tensor of `numel` elements that
+            // nothing else references: its memory is written whole, then viewed as a slice that
+            // is dropped before the tensor is used again.
+            let floats = unsafe {
+                std::ptr::write_bytes(start, 0, numel);
+                std::slice::from_raw_parts_mut(start, numel)
+            };
             self.preprocess_into(images, floats)?
         };
         let (output, mut timings) = self.run_batched(ticket, batch)?;

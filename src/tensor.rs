@@ -50,6 +50,19 @@ impl DType {
         }
     }
 
+    fn kind(self) -> tch::Kind {
+        match self {
+            DType::Float32 => tch::Kind::Float,
+            DType::Float64 => tch::Kind::Double,
+            DType::Float16 => tch::Kind::Half,
+            DType::Bfloat16 => tch::Kind::BFloat16,
+            DType::Int64 => tch::Kind::Int64,
+            DType::Int32 => tch::Kind::Int,
+            DType::Uint8 => tch::Kind::Uint8,
+            DType::Bool => tch::Kind::Bool,
+        }
+    }
+
     fn of_kind(kind: tch::Kind) -> Option<DType> {
         Some(match kind {
             tch::Kind::Float => DType::Float32,
@@ -187,20 +200,30 @@ impl TensorData {
         self.elements.dtype()
     }
 
-    /// A libtorch tensor holding a copy of the elements.
+    /// A libtorch tensor holding a copy of the elements. Allocated empty and copied into here:
+    /// tch's `from_slice` zero-fills first, in parallel, which gives the calling thread an
+    /// OpenMP team of its own (see `Model::load` for what that costs).
     pub fn to_torch(&self) -> Result<tch::Tensor> {
         let shape: Vec<i64> = self.shape.iter().map(|&d| d as i64).collect();
-        let tensor = match &self.elements {
-            // tch 0.26 tags `half::bf16` slices as float16, so bfloat16 crosses as its bits.
-            Elements::Bfloat16(v) => {
-                let bits: Vec<i16> = v.iter().map(|x| x.to_bits() as i16).collect();
-                tch::Tensor::f_from_slice(&bits).and_then(|t| t.f_view_dtype(tch::Kind::BFloat16))
+        let tensor = tch::Tensor::f_empty(&shape, (self.dtype().kind(), tch::Device::Cpu))
+            .map_err(|err| Error::internal("tensor to libtorch", err))?;
+        // Every element type here is plain data of the size libtorch gives its dtype.
+        let bytes = each_dtype!(&self.elements, v => std::mem::size_of_val(v.as_slice()));
+        let source = each_dtype!(&self.elements, v => v.as_ptr().cast::<u8>());
+        if bytes != tensor.numel() * self.dtype().kind().elt_size_in_bytes() {
+            return Err(Error::internal(
+                "tensor to libtorch",
+                "shape and elements disagree",
+            ));
+        }
+        if bytes > 0 {
+            // SAFETY: `tensor` is new, contiguous and `bytes` long (checked above), and nothing
+            // else references it; `source` points at `bytes` bytes of the elements.
+            unsafe {
+                std::ptr::copy_nonoverlapping(source, tensor.data_ptr().cast::<u8>(), bytes);
             }
-            other => each_dtype!(other, v => tch::Tensor::f_from_slice(v)),
-        };
-        tensor
-            .and_then(|t| t.f_reshape(&shape))
-            .map_err(|err| Error::internal("tensor to libtorch", err))
+        }
+        Ok(tensor)
     }
 
     /// Copies a libtorch tensor out, in its own dtype; `None` for dtypes outside [`DType`].
