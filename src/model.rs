@@ -110,7 +110,7 @@ impl Model {
         // On a lane, as forward passes are: libtorch's parallel work while loading would
         // otherwise give the caller's thread an OpenMP team of its own, and with more OpenMP
         // threads than CPUs in the process, libgomp's workers stop spinning between parallel
-        // regions (MobileNetV3 at batch 1 on 2 cores: 12-15 ms a pass instead of 5-7).
+        // regions (MobileNetV3 at batch 1 on 2 cores: 11-17 ms a pass instead of 7-10).
         let format = dir.manifest.format;
         let load =
             |path: PathBuf| Lanes::global().run(threads, move || backend::load(format, &path));
