@@ -13,7 +13,9 @@
 //! real growth since its first load. Loads under a budget run one at a time so that each is
 //! measured alone. A model whose file is larger than the whole budget is refused before it is
 //! loaded. Names are checked against the design's pattern and the resolved directory must stay
-//! under the models root, symlinks included.
+//! under the models root, symlinks included. A name, once resolved, stays mapped to its directory
+//! for the process: a request for a loaded model touches no file (on EFS, each lookup of the
+//! path's components is a round trip once the attribute cache has expired).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +34,8 @@ const RESERVED_MB: u64 = 768;
 /// Loaded models keyed by their canonical directory.
 pub struct Registry {
     slots: Mutex<HashMap<PathBuf, Arc<Slot>>>,
+    /// `(root, name)` of the models loaded by name, to their canonical directories.
+    names: Mutex<HashMap<(PathBuf, String), PathBuf>>,
     /// Budget for loaded models, in bytes of resident memory; `None`: unbounded.
     budget: Option<u64>,
     /// Held while a model loads under a budget; holds the process's resident bytes before the
@@ -68,6 +72,7 @@ impl Registry {
     pub fn with_budget(budget: Option<u64>) -> Registry {
         Registry {
             slots: Mutex::default(),
+            names: Mutex::default(),
             budget,
             loading: Mutex::new(None),
             resident: resident_bytes,
@@ -97,12 +102,8 @@ impl Registry {
         let key = canonical_dir(path)?;
         let slot = Arc::clone(lock(&self.slots).entry(key.clone()).or_default());
         let mut model = lock(&slot.model);
-        slot.last_used.store(
-            self.clock.fetch_add(1, Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
-        if let Some(model) = &*model {
-            return Ok(Arc::clone(model));
+        if let Some(model) = self.used(&slot, &model) {
+            return Ok(model);
         }
         let dir = ModelDir::open(path)?;
         let Some(budget) = self.budget else {
@@ -142,7 +143,26 @@ impl Registry {
 
     /// Loads the model called `name` under `root`, refusing names that could leave it.
     pub fn load_named(&self, root: &Path, name: &str) -> Result<Arc<Model>> {
-        self.load(&resolve_name(root, name)?)
+        let named = (root.to_owned(), name.to_owned());
+        let known = lock(&self.names).get(&named).cloned();
+        if let Some(slot) = known.and_then(|dir| lock(&self.slots).get(&dir).cloned()) {
+            if let Some(model) = self.used(&slot, &lock(&slot.model)) {
+                return Ok(model);
+            }
+        }
+        let dir = resolve_name(root, name)?;
+        let model = self.load(&dir)?;
+        lock(&self.names).insert(named, dir);
+        Ok(model)
+    }
+
+    /// The model in `slot` (whose lock the caller holds), if loaded, marked as used now.
+    fn used(&self, slot: &Slot, model: &Option<Arc<Model>>) -> Option<Arc<Model>> {
+        slot.last_used.store(
+            self.clock.fetch_add(1, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        model.as_ref().map(Arc::clone)
     }
 
     /// The directories of the models loaded now.

@@ -272,6 +272,35 @@ fn a_model_loads_once_and_serves_threads_alike() -> lambdatorch::Result<()> {
 }
 
 #[test]
+fn a_loaded_model_is_found_by_name_without_its_files() -> std::io::Result<()> {
+    let root = std::env::temp_dir().join(format!("lt-named-{}", std::process::id()));
+    std::fs::create_dir_all(root.join("tiny"))?;
+    for file in std::fs::read_dir(models().join("tiny"))? {
+        let file = file?.path();
+        if let Some(name) = file.file_name() {
+            std::fs::copy(&file, root.join("tiny").join(name))?;
+        }
+    }
+    let registry = Registry::with_budget(None);
+    let first = registry.load_named(&root, "tiny").expect("loads");
+    // Gone from the file system, the loaded model still answers its name, and only its name.
+    std::fs::rename(root.join("tiny"), root.join("moved"))?;
+    let again = registry.load_named(&root, "tiny").expect("from the cache");
+    assert!(std::sync::Arc::ptr_eq(&first, &again));
+    let kind = |result: lambdatorch::Result<_>| result.map(drop).map_err(|e| e.kind());
+    assert_eq!(kind(registry.load_named(&root, "moved")), Ok(()));
+    assert_eq!(
+        kind(Registry::with_budget(None).load_named(&root, "tiny")),
+        Err(ErrorKind::ModelNotFound)
+    );
+    assert_eq!(
+        kind(registry.load_named(&root, "../tiny")),
+        Err(ErrorKind::ModelNotFound)
+    );
+    std::fs::remove_dir_all(&root)
+}
+
+#[test]
 fn a_corrupt_model_file_is_a_manifest_error_naming_the_field() -> lambdatorch::Result<()> {
     let tmp = std::env::temp_dir().join(format!("lt-corrupt-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| lambdatorch::Error::invalid_input(e.to_string()))?;
