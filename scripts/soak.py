@@ -10,11 +10,12 @@ Run by ``make soak`` (``SOAK_QUICK=1`` for the short CI version). Two parts:
 
 Resident memory (``VmRSS``) is read after a warmup (10% of the calls, at least 100) and at the
 end; growth of 5% or more fails the run. A leak of even a few kilobytes per request shows at these
-counts. Both processes run with glibc's mmap threshold fixed at its default (128 KiB): left adaptive,
-it rises with each large buffer freed, after which such buffers share the heap and fragment it, and
-the resident size climbs in steps of megabytes for thousands of calls (measured: the native handler
-from 152 to 161 MB over 1,500 mixed calls; flat at 143 MB with the threshold fixed). A fixed
-threshold gives every large buffer its own mapping, returned when freed, so growth here is a leak.
+counts. Both processes run with glibc's mmap threshold fixed at its default (128 KiB): left
+adaptive, it rises with each large buffer freed, after which such buffers share the heap and
+fragment it, and the resident size climbs in steps of megabytes for thousands of calls
+(measured: the native handler from 152 to 161 MB over 1,500 mixed calls; flat at 143 MB with
+the threshold fixed). A fixed threshold gives every large buffer its own mapping, returned when
+freed, so growth here is a leak.
 """
 
 from __future__ import annotations
