@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::image::Preprocessor;
 use crate::limits::Limits;
-use crate::manifest::{resolve_inside, Input, Kind, ModelDir};
+use crate::manifest::{resolve_inside, Input, Kind, ModelDir, Padding};
 use crate::tensor::{element_count, DType, TensorData};
 use crate::text::TextPipeline;
 
@@ -63,7 +63,23 @@ impl InputPipeline {
                 vec![-1, c as i64, h as i64, w as i64]
             }
             InputPipeline::Tensor { shape, .. } => shape.clone(),
-            InputPipeline::Text(_) => vec![-1, -1],
+            InputPipeline::Text(text) => {
+                let spec = text.spec();
+                let tokens = match spec.padding {
+                    Padding::MaxLength => spec.max_length as i64,
+                    Padding::Longest => -1,
+                };
+                vec![-1, tokens]
+            }
+        }
+    }
+
+    /// The largest size of each dimension where [`InputPipeline::shape`] says `-1` (`None`:
+    /// any): a text model's tokens are at most its `max_length`.
+    pub fn most(&self) -> Vec<Option<usize>> {
+        match self {
+            InputPipeline::Text(text) => vec![None, Some(text.spec().max_length)],
+            InputPipeline::Image(_) | InputPipeline::Tensor { .. } => Vec::new(),
         }
     }
 

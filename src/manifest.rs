@@ -231,9 +231,9 @@ pub struct TextInput {
     /// Each input is a pair of texts (question and passage, premise and hypothesis).
     #[serde(default)]
     pub pair: bool,
-    /// The model's inputs in the order of its `forward` arguments (TorchScript passes them by
-    /// position): `input_ids`, `attention_mask`, `token_type_ids`. `add-model` and `export`
-    /// read them from the model's `forward` schema.
+    /// The model's inputs in the order of its `forward` arguments (TorchScript and AOTInductor
+    /// take them by position): `input_ids`, `attention_mask`, `token_type_ids`. `add-model`
+    /// reads them from a TorchScript model's `forward` schema; `export` writes them.
     #[serde(default = "default_text_inputs")]
     pub inputs: Vec<TextTensor>,
 }
@@ -595,13 +595,6 @@ impl Manifest {
 impl Manifest {
     fn validate_text(&self, text: &TextInput, path: &Path) -> Result<()> {
         let bad = |field: &str, message: String| Err(Error::manifest(path, field, message));
-        if self.format != Format::Torchscript {
-            return bad(
-                "input.type",
-                "text models are served from TorchScript (\"format\": \"torchscript\") for now"
-                    .into(),
-            );
-        }
         if text.tokenizer.is_empty() {
             return bad(
                 "input.tokenizer",

@@ -619,9 +619,9 @@ fn check_package(dir: &ModelDir) -> Result<()> {
         }
     }
     package.check_cpu().map_err(|m| bad("cpu_isa", m))?;
-    // The kernels trust their input's sizes: a manifest that disagrees would make them read past
-    // it, so it is refused here, and so is a package that cannot say what it takes.
-    let check = package.input.as_ref().ok_or_else(|| {
+    // The kernels trust their inputs' sizes: a manifest that disagrees would make them read past
+    // them, so it is refused here, and so is a package that cannot say what it takes.
+    let checks = package.inputs.as_ref().ok_or_else(|| {
         bad(
             "file",
             "the package carries no generated source (*.wrapper.cpp) to check its input \
@@ -630,9 +630,27 @@ fn check_package(dir: &ModelDir) -> Result<()> {
         )
     })?;
     let input = InputPipeline::load(dir, &Limits::default())?;
-    check
-        .check(&input.shape(), input.dtype())
-        .map_err(|m| bad("input", m))
+    // A text model's inputs are all `[batch, tokens]` int64, in the manifest's order.
+    let (field, count) = match input.text() {
+        Some(text) => ("input.inputs", text.spec().inputs.len()),
+        None => ("input", 1),
+    };
+    if checks.len() != count {
+        return Err(bad(
+            field,
+            format!(
+                "the package takes {} input tensors, the manifest gives it {count}",
+                checks.len()
+            ),
+        ));
+    }
+    let (shape, most) = (input.shape(), input.most());
+    for check in checks {
+        check
+            .check(&shape, &most, input.dtype())
+            .map_err(|m| bad(field, m))?;
+    }
+    Ok(())
 }
 
 /// Refuses a `max_batch` the model cannot serve (an AOTInductor package with a static batch

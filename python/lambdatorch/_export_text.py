@@ -4,8 +4,10 @@ Runs where the EFS tree is filled, with Python torch and ``transformers`` (a dir
 ``save_pretrained``, or a hub name where the hub is reachable). The model is wrapped so that its
 ``forward`` takes the tokenizer's tensors by name (``input_ids``, ``attention_mask`` and, when the
 tokenizer makes them, ``token_type_ids``) and returns logits (classification) or token vectors
-(embedding), traced on a padded batch (so the attention mask's path is recorded), and checked on
-other batches against the eager model; the fast tokenizer's ``tokenizer.json`` is saved beside it
+(embedding), traced on a padded batch (so the attention mask's path is recorded) to TorchScript,
+or exported with ``torch.export`` (batch and tokens dynamic, tokens up to ``max_length``) and
+compiled to an AOTInductor package, and checked on other batches against the eager model; the
+fast tokenizer's ``tokenizer.json`` is saved beside it
 with its pad token and side, so lambdatorch tokenizes as ``transformers`` does. The result is
 checked once more through lambdatorch before it is kept.
 """
@@ -20,12 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._export import MODEL_FILE, _quiet_jit, require_torch
+from ._export import (
+    AOTI_MAX_BATCH,
+    CPU_CAPABILITIES,
+    MODEL_FILE,
+    _first_line,
+    _quiet_jit,
+    _save_aoti,
+    require_torch,
+)
 from ._manifests import sha256_of
 from .errors import InferenceError, InvalidInput
 
 TOKENIZER_FILE = "tokenizer.json"
-#: The traced module must give the eager model's output within this, and lambdatorch within
+#: The exported module must give the eager model's output within this, and lambdatorch within
 #: PARITY_ATOL of it.
 TRACE_ATOL = 1e-5
 PARITY_ATOL = 1e-4
@@ -41,6 +51,8 @@ class TextExportReport:
     """What ``export_text`` wrote and how close lambdatorch came to the eager model."""
 
     path: Path
+    #: The model's file (TorchScript) or package directory (AOTInductor) in ``path``.
+    file: str
     inputs: list[str]
     output_shape: tuple[int, ...]
     max_abs_diff: float
@@ -79,15 +91,22 @@ def export_text(
     normalize: bool = True,
     max_length: int = 128,
     max_batch: int = 32,
+    format: str = "torchscript",
+    cpu: str = "avx2",
 ) -> TextExportReport:
     """Export the Hugging Face model at ``source`` (with its fast tokenizer) to ``out_dir``.
 
     ``task`` is ``classification`` (``AutoModelForSequenceClassification``: labels from its
     ``id2label``) or ``embedding`` (``AutoModel``: token vectors pooled by ``pooling``, ``mean``
-    or ``cls``, L2-normalised when ``normalize``).
+    or ``cls``, L2-normalised when ``normalize``). ``format`` is ``torchscript`` or ``aoti``
+    (compiled for ``cpu``, as :func:`lambdatorch.export` does).
     """
     if task not in ("classification", "embedding"):
         raise InvalidInput(f"task must be 'classification' or 'embedding', got {task!r}")
+    if format not in ("torchscript", "aoti"):
+        raise InvalidInput(f"format must be 'torchscript' or 'aoti', got {format!r}")
+    if cpu not in CPU_CAPABILITIES:
+        raise InvalidInput(f"cpu must be one of {', '.join(CPU_CAPABILITIES)}, got {cpu!r}")
     torch = require_torch()
     try:
         with warnings.catch_warnings():
@@ -127,23 +146,36 @@ def export_text(
     example = encode(CHECK_TEXTS[:2])
     with torch.no_grad(), _quiet_jit(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings on shape arithmetic, checked below
-        traced = torch.jit.trace(wrapper, tuple(example[n] for n in names))
+        args = tuple(example[n] for n in names)
+        if format == "aoti":
+            program = _export_program(torch, wrapper, args, max_length)
+            exported = program.module()
+        else:
+            program = exported = torch.jit.trace(wrapper, args)
         for texts in (CHECK_TEXTS, CHECK_TEXTS[2:], CHECK_TEXTS[::-1]):
             batch = encode(texts)
             args = tuple(batch[n] for n in names)
-            diff = float((traced(*args) - wrapper(*args)).abs().max())
+            diff = float((exported(*args) - wrapper(*args)).abs().max())
             if not diff <= TRACE_ATOL:
                 raise InferenceError(
-                    f"the traced model differs from the eager one by {diff:.3g} on a batch of "
-                    f"{len(texts)}: it does not trace to shape-independent TorchScript"
+                    f"the exported model differs from the eager one by {diff:.3g} on a batch of "
+                    f"{len(texts)}: it does not export to shape-independent code"
                 )
     out = Path(out_dir)
     staging = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        with _quiet_jit():
-            traced.save(str(staging / MODEL_FILE))
+        if format == "aoti":
+            _, head = _save_aoti(torch, program, staging, cpu)
+        else:
+            with _quiet_jit():
+                program.save(str(staging / MODEL_FILE))
+            head = {
+                "format": "torchscript",
+                "file": MODEL_FILE,
+                "sha256": sha256_of(staging / MODEL_FILE),
+            }
         backend = type(tok.backend_tokenizer).from_str(tok.backend_tokenizer.to_str())
         backend.no_truncation()
         if tok.pad_token is not None:
@@ -161,9 +193,7 @@ def export_text(
         else:
             output = {"type": "embedding", "pooling": pooling, "normalize": normalize}
         manifest = {
-            "format": "torchscript",
-            "file": MODEL_FILE,
-            "sha256": sha256_of(staging / MODEL_FILE),
+            **head,
             "input": {
                 "type": "text",
                 "tokenizer": TOKENIZER_FILE,
@@ -174,19 +204,34 @@ def export_text(
             "max_batch": max_batch,
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        shape, diff = _check(torch, staging, traced, encode, names, output)
+        shape, diff = _check(torch, staging, exported, encode, names, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
-    return TextExportReport(out, names, shape, diff)
+    return TextExportReport(out, head["file"], names, shape, diff)
+
+
+def _export_program(torch: Any, wrapper: Any, args: tuple[Any, ...], max_length: int) -> Any:
+    """``torch.export`` of ``wrapper`` with the batch and the tokens dynamic, every input alike
+    (tokens up to ``max_length``, so the package bounds what the manifest lets through)."""
+    batch = torch.export.Dim("batch", min=1, max=AOTI_MAX_BATCH)
+    tokens = torch.export.Dim("tokens", min=1, max=max_length)
+    try:
+        return torch.export.export(
+            wrapper, args, dynamic_shapes=tuple({0: batch, 1: tokens} for _ in args)
+        )
+    except Exception as err:
+        raise InvalidInput(
+            f"torch.export failed on the model: {type(err).__name__}: {_first_line(err)}"
+        ) from err
 
 
 def _check(
-    torch: Any, staging: Path, traced: Any, encode: Any, names: list[str], output: dict[str, Any]
+    torch: Any, staging: Path, exported: Any, encode: Any, names: list[str], output: dict[str, Any]
 ) -> tuple[tuple[int, ...], float]:
-    """lambdatorch on the check texts against the traced model run by Python torch."""
+    """lambdatorch on the check texts against the exported model run by Python torch."""
     import numpy as np
 
     from ._libtorch import import_core
@@ -198,7 +243,7 @@ def _check(
         if not np.array_equal(ours[name], batch[name].numpy()):
             raise InferenceError(f"lambdatorch's {name} differ from transformers' tokenizer's")
     with torch.no_grad():
-        result = traced(*(batch[n] for n in names))
+        result = exported(*(batch[n] for n in names))
     if output["type"] == "classification":
         want = torch.softmax(result.float(), 1).numpy()
         rows = model.predict_batch(CHECK_TEXTS, top_k=want.shape[1])

@@ -578,6 +578,8 @@ def export_text_command(args: argparse.Namespace) -> int:
             pooling=args.pooling,
             normalize=not args.no_normalize,
             max_length=args.max_length,
+            format=args.format,
+            cpu=args.cpu,
         )
     except ImportError as err:
         raise CommandError(str(err)) from err
@@ -585,7 +587,7 @@ def export_text_command(args: argparse.Namespace) -> int:
         raise
     except Exception as err:
         raise CommandError(f"--hf {args.hf}: {type(err).__name__}: {one_line(str(err))}") from err
-    print(f"wrote {report.path / 'model.pt'}, tokenizer.json, manifest.json")
+    print(f"wrote {report.path / report.file}, tokenizer.json, manifest.json")
     print(
         f"inputs {report.inputs}; lambdatorch vs Python torch on the check texts: max abs diff "
         f"{report.max_abs_diff:.3g}, output {'x'.join(map(str, report.output_shape))}"

@@ -97,14 +97,14 @@ pub struct Package {
     pub machine: String,
     /// The batch sizes the model accepts: `Static(n)` or `Dynamic { max }` (no `max`: no limit).
     pub batch: Batch,
-    /// What the generated code expects of input 0 beyond its batch size; `None` when the package
-    /// carries no generated source to tell.
-    pub input: Option<InputCheck>,
+    /// What the generated code expects of each input beyond its batch size, in order; `None`
+    /// when the package carries no generated source to tell.
+    pub inputs: Option<Vec<InputCheck>>,
 }
 
-/// Input 0 as the package's generated input check describes it. The kernels index their input by
-/// these sizes without checking (lambdatorch leaves AOTInductor's runtime check off: it refuses a
-/// batch of 1), so a manifest must agree with them before any request reaches the model.
+/// An input as the package's generated input check describes it. The kernels index their input
+/// by these sizes without checking (lambdatorch leaves AOTInductor's runtime check off: it refuses
+/// a batch of 1), so a manifest must agree with them before any request reaches the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputCheck {
     /// Number of dimensions, when the check lists every stride.
@@ -113,11 +113,23 @@ pub struct InputCheck {
     pub dims: Vec<(usize, usize)>,
     /// The element type, as ATen names it (`kFloat`, `kLong`, ...).
     pub dtype: Option<String>,
+    /// `(dimension, most)` of every dimension after the batch whose size varies up to `most`
+    /// (`torch.export.Dim` with a `max`; a text model's tokens).
+    pub bounds: Vec<(usize, usize)>,
 }
 
 impl InputCheck {
-    /// Reads the checks of `input_handles[0]` in a wrapper source.
-    fn of(source: &str) -> InputCheck {
+    /// Reads the checks of every input in a wrapper source, in order.
+    fn all_of(source: &str) -> Vec<InputCheck> {
+        (0..)
+            .take_while(|index| source.contains(&format!("input_handles[{index}]: ")))
+            .map(|index| InputCheck::of(source, index))
+            .collect()
+    }
+
+    /// Reads the checks of `input_handles[index]` in a wrapper source.
+    fn of(source: &str, index: usize) -> InputCheck {
+        let input = format!("input_handles[{index}]");
         let expected = |marker: &str| -> Option<usize> {
             let rest = &source[source.find(marker)? + marker.len()..];
             let rest = &rest[rest.find("expected: ")? + "expected: ".len()..];
@@ -129,28 +141,41 @@ impl InputCheck {
         };
         let dims = (1..32)
             .filter_map(|i| {
-                expected(&format!("input_handles[0]: unmatched dim value at {i},")).map(|n| (i, n))
+                expected(&format!("{input}: unmatched dim value at {i},")).map(|n| (i, n))
+            })
+            .collect();
+        let bounds = (1..32)
+            .filter_map(|i| {
+                let marker = format!("{input}: dim value is too large at {i},");
+                let rest = &source[source.find(&marker)? + marker.len()..];
+                let rest = &rest[rest.find("expected to be <= ")? + "expected to be <= ".len()..];
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                Some((i, digits.parse().ok()?))
             })
             .collect();
         let rank = (0..32)
-            .filter(|i| {
-                source.contains(&format!("input_handles[0]: unmatched stride value at {i},"))
-            })
+            .filter(|i| source.contains(&format!("{input}: unmatched stride value at {i},")))
             .max()
             .map(|last| last + 1);
         let dtype = source
-            .find("input_handles[0]: unmatched dtype,")
+            .find(&format!("{input}: unmatched dtype,"))
             .and_then(|at| {
                 let rest = &source[at..];
                 let rest = &rest[rest.find("(at::")? + "(at::".len()..];
                 Some(rest[..rest.find(')')?].to_owned())
             });
-        InputCheck { rank, dims, dtype }
+        InputCheck {
+            rank,
+            dims,
+            dtype,
+            bounds,
+        }
     }
 
-    /// Checks a manifest's input (`shape` batch first, `-1` for any; `dtype`) against the
-    /// package; the message says what differs.
-    pub fn check(&self, shape: &[i64], dtype: DType) -> Result<(), String> {
+    /// Checks a manifest's input (`shape` batch first, `-1` where sizes vary, up to `most` in
+    /// that dimension when it is `Some`; `dtype`) against the package; the message says what
+    /// differs.
+    pub fn check(&self, shape: &[i64], most: &[Option<usize>], dtype: DType) -> Result<(), String> {
         let aten = match dtype {
             DType::Float32 => "kFloat",
             DType::Float64 => "kDouble",
@@ -183,6 +208,19 @@ impl InputCheck {
                 return Err(format!(
                     "the package takes inputs of size {size} in dimension {dim}, the manifest's \
                      shape is {shape:?}"
+                ));
+            }
+        }
+        for &(dim, bound) in &self.bounds {
+            let largest = match shape.get(dim) {
+                Some(&size) if size >= 0 => Some(size as usize),
+                _ => most.get(dim).copied().flatten(),
+            };
+            if largest.is_none_or(|n| n > bound) {
+                let asked = largest.map_or("any size".to_owned(), |n| format!("up to {n}"));
+                return Err(format!(
+                    "the package takes at most {bound} in dimension {dim}, the manifest lets \
+                     {asked} through (shape {shape:?})"
                 ));
             }
         }
@@ -261,11 +299,11 @@ impl Package {
         let cpu_isa = isa.ok_or_else(|| {
             format!("no AOTI_CPU_ISA in the package's metadata (*_metadata.json in {MODEL_SUBDIR})")
         })?;
-        let (batch, input) = match names.iter().find(|n| n.ends_with(".wrapper.cpp")) {
+        let (batch, inputs) = match names.iter().find(|n| n.ends_with(".wrapper.cpp")) {
             Some(name) => {
                 let source = std::fs::read_to_string(model_dir.join(name))
                     .map_err(|err| format!("cannot read {name}: {err}"))?;
-                (batch_of(&source), Some(InputCheck::of(&source)))
+                (batch_of(&source), Some(InputCheck::all_of(&source)))
             }
             None => (Batch::Unknown, None),
         };
@@ -274,7 +312,7 @@ impl Package {
             cpu_isa,
             machine: machine.unwrap_or_default(),
             batch,
-            input,
+            inputs,
         })
     }
 
@@ -561,7 +599,7 @@ mod tests {
             cpu_isa: "NO_SUCH_EXTENSION".into(),
             machine: std::env::consts::ARCH.into(),
             batch: Batch::Unknown,
-            input: None,
+            inputs: None,
         };
         let message = package.check_cpu().err().unwrap_or_default();
         assert!(message.contains("NO_SUCH_EXTENSION"), "{message}");
@@ -579,14 +617,46 @@ mod tests {
         ss << "input_handles[0]: unmatched stride value at 0, "
         ss << "input_handles[0]: unmatched stride value at 3, "
         "#;
-        let check = InputCheck::of(source);
+        let [check] = &InputCheck::all_of(source)[..] else {
+            panic!("one input")
+        };
         assert_eq!(check.rank, Some(4));
         assert_eq!(check.dims, vec![(1, 3), (2, 32)]);
         assert_eq!(check.dtype.as_deref(), Some("kFloat"));
-        assert!(check.check(&[-1, 3, 32, 7], DType::Float32).is_ok());
-        let err = |shape: &[i64], dtype| check.check(shape, dtype).unwrap_err();
+        assert!(check.check(&[-1, 3, 32, 7], &[], DType::Float32).is_ok());
+        let err = |shape: &[i64], dtype| check.check(shape, &[], dtype).unwrap_err();
         assert!(err(&[-1, 3, 32], DType::Float32).contains("4-dimensional"));
         assert!(err(&[-1, 3, -1, 7], DType::Float32).contains("size 32 in dimension 2"));
         assert!(err(&[-1, 3, 32, 7], DType::Int64).contains("kFloat inputs"));
+    }
+
+    #[test]
+    fn every_input_and_its_bounded_dimensions_are_checked() {
+        // A text model's: token ids and mask, any batch, up to 32 tokens.
+        let source = r#"
+        ss << "input_handles[0]: unmatched dtype, "
+           << "expected: " << arg27_1_expected_dtype << "(at::kLong), "
+        ss << "input_handles[0]: dim value is too large at 1, "
+           << "expected to be <= 32, " << "but got: " << arg27_1_size[1] << "\n";
+        ss << "input_handles[0]: unmatched stride value at 1, "
+        ss << "input_handles[1]: unmatched dtype, "
+           << "expected: " << arg28_1_expected_dtype << "(at::kFloat), "
+        ss << "input_handles[1]: dim value is too large at 1, "
+           << "expected to be <= 16, " << "but got: " << arg28_1_size[1] << "\n";
+        "#;
+        let checks = InputCheck::all_of(source);
+        assert_eq!(checks.len(), 2);
+        assert_eq!(checks[0].bounds, vec![(1, 32)]);
+        assert_eq!(checks[0].rank, Some(2));
+        assert!(checks[0]
+            .check(&[-1, -1], &[None, Some(32)], DType::Int64)
+            .is_ok());
+        assert!(checks[0].check(&[-1, 20], &[], DType::Int64).is_ok());
+        let err = |check: &InputCheck, most: &[Option<usize>]| {
+            check.check(&[-1, -1], most, DType::Int64).unwrap_err()
+        };
+        assert!(err(&checks[0], &[None, Some(33)]).contains("at most 32 in dimension 1"));
+        assert!(err(&checks[0], &[]).contains("any size"));
+        assert!(err(&checks[1], &[None, Some(16)]).contains("kFloat"));
     }
 }

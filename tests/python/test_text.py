@@ -514,3 +514,70 @@ def test_export_a_hugging_face_model_with_its_tokenizer(lt, tmp_path):
     manifest = json.loads((tmp_path / "embedder" / "manifest.json").read_text())
     assert manifest["output"] == {"type": "embedding", "pooling": "cls", "normalize": True}
     assert lt.load(tmp_path / "embedder").embed(TEXTS).shape == (len(TEXTS), 32)
+
+
+def test_a_text_model_exported_to_aoti_serves_like_pytorch(lt, tmp_path):
+    """``export --format aoti`` of a Hugging Face model: a package whose batch and tokens are
+    dynamic, served through the Python API and both handlers with PyTorch's answers, whatever the
+    batch and its length; a manifest that would give the package more tokens or other inputs
+    than it was exported for is refused at load (its kernels do not check their inputs)."""
+    from lambdatorch._export_text import export_text
+
+    source = hf_directory(tmp_path, "classification")
+    models = tmp_path / "models"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # transformers' own deprecations
+        report = export_text(source, models / "spam", max_length=32, format="aoti")
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(source)
+        eager = AutoModelForSequenceClassification.from_pretrained(source).eval()
+    assert (report.file, report.inputs) == (
+        "package",
+        ["input_ids", "attention_mask", "token_type_ids"],
+    )
+    manifest = json.loads((models / "spam" / "manifest.json").read_text())
+    assert (manifest["format"], manifest["cpu_isa"]) == ("aoti", "AVX2")
+
+    texts = [*TEXTS[:7], " ".join(TEXTS[:6])]  # the last truncated to the package's bound
+    batch = tok(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    assert batch["input_ids"].shape[1] == 32
+    with torch.no_grad():
+        expected = torch.softmax(eager(**batch).logits, 1).numpy()
+
+    def scores(rows: list[list[Any]]) -> np.ndarray:
+        got = np.zeros((len(rows), 2), np.float32)
+        for i, row in enumerate(rows):
+            for p in row:
+                got[i, p["index"] if isinstance(p, dict) else p.index] = (
+                    p["score"] if isinstance(p, dict) else p.score
+                )
+        return got
+
+    model = lt.load(models / "spam")
+    np.testing.assert_allclose(
+        scores(model.predict_batch(texts, top_k=2)), expected, atol=TOLERANCE
+    )
+    for i in (0, 2):  # alone: a batch of 1 at its own length
+        np.testing.assert_allclose(
+            scores([model.predict(texts[i], top_k=2)])[0], expected[i], atol=TOLERANCE
+        )
+    env = {"PATH": os.environ["PATH"], "LAMBDATORCH_MODELS": str(models), **HANDLER_ENV}
+    (tmp_path / "logs").mkdir()
+    with Handlers(env, tmp_path / "logs") as handlers:
+        reply = handlers.both({"model": "spam", "texts": texts, "top_k": 2})
+    got = scores([result["predictions"] for result in reply["results"]])
+    np.testing.assert_allclose(got, expected, atol=TOLERANCE)
+
+    refusals = [
+        ({"max_length": 64}, "at most 32 in dimension 1"),
+        ({"inputs": ["input_ids", "attention_mask"]}, "takes 3 input tensors"),
+    ]
+    for i, (change, says) in enumerate(refusals):
+        bad = models / f"bad-{i}"
+        shutil.copytree(models / "spam", bad)
+        edited = json.loads((bad / "manifest.json").read_text())
+        edited["input"].update(change)
+        (bad / "manifest.json").write_text(json.dumps(edited))
+        with pytest.raises(lt.ManifestError, match=says):
+            lt.load(bad)
