@@ -449,7 +449,10 @@ pub fn short_f64(value: f32) -> f64 {
     if !value.is_finite() {
         return f64::from(value);
     }
-    value.to_string().parse().unwrap_or(f64::from(value))
+    ryu::Buffer::new()
+        .format_finite(value)
+        .parse()
+        .unwrap_or(f64::from(value))
 }
 
 /// The decimal with the fewest significant digits that `round_trips` back to the same value.
@@ -489,6 +492,29 @@ impl Serialize for Elements {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_f64_is_the_shortest_decimal_that_round_trips() {
+        assert_eq!(short_f64(0.8731), 0.8731);
+        assert_eq!(short_f64(1e-7), 1e-7);
+        assert_eq!(short_f64(-3.0e38), -3.0e38);
+        assert!(short_f64(f32::NAN).is_nan());
+        // Against the standard library's shortest formatting, on a spread of bit patterns: as
+        // many digits, the same decimal but where two are equally near (2.00390625 exactly:
+        // ryu rounds half to even, 2.0039062, as numpy prints it; std gives 2.0039063).
+        for bits in (0..u32::MAX).step_by(65_537) {
+            let value = f32::from_bits(bits);
+            if value.is_finite() {
+                let (ours, std) = (short_f64(value), value.to_string().parse::<f64>());
+                assert_eq!(ours as f32, value);
+                if Ok(ours) != std {
+                    let std = std.unwrap_or_default();
+                    assert_eq!(ours.to_string().len(), std.to_string().len(), "{value:e}");
+                    assert_eq!(f64::from(value), (ours + std) / 2.0, "{value:e}: not a tie");
+                }
+            }
+        }
+    }
 
     fn scalars(json: &str) -> Vec<Scalar> {
         serde_json::from_str(json).unwrap()
