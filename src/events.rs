@@ -15,7 +15,7 @@ use aws_lambda_events::encodings::Body as EventBody;
 use aws_lambda_events::http::{HeaderMap, HeaderValue};
 use aws_lambda_events::query_map::QueryMap;
 use base64::Engine;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{contain, Error, Result};
@@ -153,8 +153,18 @@ impl Outcome {
     /// What the handler returns to Lambda: for HTTP-style events always a proxy response; for
     /// direct invokes the response, or the error for Lambda to report as a function error.
     pub fn reply(self) -> Result<Value> {
+        self.into_reply().map(|reply| match reply {
+            Reply::Direct(response) => to_json(&response),
+            Reply::Proxy(proxy) => proxy,
+        })
+    }
+
+    /// [`Outcome::reply`] with a direct invoke's response left as it is, for a caller that
+    /// serializes it once into its own objects (the Python binding: a JSON value in between
+    /// cost about 5 us per prediction).
+    pub fn into_reply(self) -> Result<Reply> {
         let (status, body) = match (self.result, self.source.is_http()) {
-            (Ok(response), false) => return Ok(to_json(&response)),
+            (Ok(response), false) => return Ok(Reply::Direct(response)),
             (Err(err), false) => return Err(err),
             (Ok(response), true) => (200, to_json(&response)),
             (Err(err), true) => (
@@ -162,8 +172,22 @@ impl Outcome {
                 serde_json::json!({"error": {"type": err.kind().name(), "message": err.public_message()}}),
             ),
         };
-        Ok(proxy_response(self.source, status, body.to_string()))
+        Ok(Reply::Proxy(proxy_response(
+            self.source,
+            status,
+            body.to_string(),
+        )))
     }
+}
+
+/// A handler's answer: a direct invoke's response, or an HTTP-style event's proxy response.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    /// A direct invoke's response, serialized as the design's JSON.
+    Direct(Response),
+    /// An API Gateway, Function URL or ALB response whose body is that JSON or the error.
+    Proxy(Value),
 }
 
 fn to_json(response: &Response) -> Value {

@@ -496,7 +496,7 @@ fn handle<'py>(
         .map_err(|err| Error::invalid_input(format!("the event is not JSON-like data: {err}")))?;
     let request_id = request_id.unwrap_or_default();
     let reply = detached(py, || {
-        events::handle(Service::global()?, event, &request_id).reply()
+        events::handle(Service::global()?, event, &request_id).into_reply()
     })?;
     pythonize::pythonize(py, &reply)
         .map_err(|err| Error::internal("response to Python", err).into())
