@@ -161,7 +161,7 @@ impl Outcome {
 
     /// [`Outcome::reply`] with a direct invoke's response left as it is, for a caller that
     /// serializes it once into its own objects (the Python binding: a JSON value in between
-    /// cost about 5 us per prediction).
+    /// cost about 0.1 ms for 32 classifications).
     pub fn into_reply(self) -> Result<Reply> {
         let (status, body) = match (self.result, self.source.is_http()) {
             (Ok(response), false) => return Ok(Reply::Direct(response)),

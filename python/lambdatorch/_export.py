@@ -129,10 +129,7 @@ def export_model(
 ) -> ExportReport:
     """:func:`export`, returning what it wrote and the parity numbers."""
     torch = require_torch()
-    if format not in ("torchscript", "aoti"):
-        raise InvalidInput(f"format must be 'torchscript' or 'aoti', got {format!r}")
-    if cpu not in CPU_CAPABILITIES:
-        raise InvalidInput(f"cpu must be one of {', '.join(CPU_CAPABILITIES)}, got {cpu!r}")
+    check_format(format, cpu)
     if method not in ("trace", "script"):
         raise InvalidInput(f"method must be 'trace' or 'script', got {method!r}")
     if not isinstance(module, torch.nn.Module):
@@ -323,6 +320,14 @@ def _save_aoti(torch: Any, program: Any, staging: Path, cpu: str) -> tuple[int, 
             f"list {cpu}; export on one that does (any x86_64 Lambda host has AVX2)"
         )
     return size, head
+
+
+def check_format(format: str, cpu: str) -> None:
+    """``InvalidInput`` unless ``format`` and ``cpu`` are options ``export`` knows."""
+    if format not in ("torchscript", "aoti"):
+        raise InvalidInput(f"format must be 'torchscript' or 'aoti', got {format!r}")
+    if cpu not in CPU_CAPABILITIES:
+        raise InvalidInput(f"cpu must be one of {', '.join(CPU_CAPABILITIES)}, got {cpu!r}")
 
 
 def require_torch() -> Any:

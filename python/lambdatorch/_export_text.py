@@ -24,11 +24,11 @@ from typing import Any
 
 from ._export import (
     AOTI_MAX_BATCH,
-    CPU_CAPABILITIES,
     MODEL_FILE,
     _first_line,
     _quiet_jit,
     _save_aoti,
+    check_format,
     require_torch,
 )
 from ._manifests import sha256_of
@@ -103,10 +103,7 @@ def export_text(
     """
     if task not in ("classification", "embedding"):
         raise InvalidInput(f"task must be 'classification' or 'embedding', got {task!r}")
-    if format not in ("torchscript", "aoti"):
-        raise InvalidInput(f"format must be 'torchscript' or 'aoti', got {format!r}")
-    if cpu not in CPU_CAPABILITIES:
-        raise InvalidInput(f"cpu must be one of {', '.join(CPU_CAPABILITIES)}, got {cpu!r}")
+    check_format(format, cpu)
     torch = require_torch()
     try:
         with warnings.catch_warnings():
