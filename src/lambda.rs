@@ -8,7 +8,7 @@
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde_json::Value;
 
-use crate::events;
+use crate::events::{self, Reply};
 use crate::service::Service;
 use crate::ErrorKind;
 
@@ -17,7 +17,7 @@ use crate::ErrorKind;
 pub async fn handle(
     service: &'static Service,
     event: LambdaEvent<Value>,
-) -> Result<Value, Diagnostic> {
+) -> Result<Reply, Diagnostic> {
     let (payload, context) = event.into_parts();
     let request_id = context.request_id.clone();
     let outcome = tokio::task::spawn_blocking(move || {
@@ -33,7 +33,7 @@ pub async fn handle(
                 .into(),
         }
     })?;
-    outcome.reply().map_err(|err| Diagnostic {
+    outcome.into_reply().map_err(|err| Diagnostic {
         error_type: err.kind().name().into(),
         error_message: err.to_string(),
     })
