@@ -4,11 +4,13 @@
 //! queued request becomes the leader: it waits for the requests still preprocessing to queue
 //! theirs, at most `max_delay` and never when nobody else is coming (a lone request runs at once),
 //! takes up to `max_batch` rows in arrival order, runs them as one batch and hands every request
-//! its own rows of the output. As many batches of a model run at once as the process has forward
-//! lanes ([`crate::lanes`]); while they run, new requests queue up, so under load the next batch
-//! forms by itself even with no delay. A request whose input fails before it
-//! is queued leaves the others unaffected; if a batch of several requests fails, each request is
-//! run alone, so an error reaches only the request that causes it.
+//! its own rows of the output. Only inputs of the same shapes beyond the batch dimension share a
+//! batch (texts of one padded length, tensors of one shape); the others wait for the next. As
+//! many batches of a model run at once as the process has forward lanes ([`crate::lanes`]); while
+//! they run, new requests queue up, so under load the next batch forms by itself even with no
+//! delay. A request whose input fails before it is queued leaves the others unaffected; if a
+//! batch of several requests fails, each request is run alone, so an error reaches only the
+//! request that causes it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -53,7 +55,10 @@ struct State {
 #[derive(Debug)]
 struct Job {
     id: u64,
-    input: tch::Tensor,
+    /// The model's inputs, batch first.
+    inputs: Vec<tch::Tensor>,
+    /// Each input's shape after the batch dimension: jobs batch together only where these match.
+    shapes: Vec<Vec<i64>>,
     rows: usize,
     queued: Instant,
 }
@@ -106,15 +111,24 @@ impl Batcher {
         }
     }
 
-    /// Queues `input` (batch first, at most `max_batch` rows) and returns this request's rows of
-    /// the output. `forward` runs one batch; whichever request leads calls it for everyone.
+    /// Queues `inputs` (the model's inputs, batch first, at most `max_batch` rows) and returns
+    /// this request's rows of the output. `forward` runs one batch; whichever request leads calls
+    /// it for everyone.
     pub fn run(
         &self,
         mut ticket: Ticket<'_>,
-        input: tch::Tensor,
-        forward: impl Fn(&tch::Tensor) -> Result<TensorData>,
+        inputs: Vec<tch::Tensor>,
+        forward: impl Fn(&[tch::Tensor]) -> Result<TensorData>,
     ) -> Result<(TensorData, Batched)> {
-        let rows = input.size().first().map_or(1, |&n| n.max(1) as usize);
+        let sizes: Vec<Vec<i64>> = inputs.iter().map(tch::Tensor::size).collect();
+        let rows = sizes
+            .first()
+            .and_then(|size| size.first())
+            .map_or(1, |&n| n.max(1) as usize);
+        let shapes = sizes
+            .into_iter()
+            .map(|size| size.into_iter().skip(1).collect())
+            .collect();
         let mut state = self.lock();
         ticket.queued = true;
         state.preparing -= 1;
@@ -122,7 +136,8 @@ impl Batcher {
         state.next_id += 1;
         state.queue.push_back(Job {
             id,
-            input,
+            inputs,
+            shapes,
             rows,
             queued: Instant::now(),
         });
@@ -180,16 +195,26 @@ impl Batcher {
         state.queue.iter().map(|job| job.rows).sum()
     }
 
-    /// The longest prefix of the queue that fits `max_batch` rows (at least its first job).
+    /// The queue's first job and, in arrival order, the jobs of its shapes that fit `max_batch`
+    /// rows with it; the others stay queued.
     fn take_batch(&self, state: &mut State) -> Vec<Job> {
-        let mut batch = Vec::new();
-        let mut rows = 0;
-        while let Some(job) = state.queue.front() {
-            if !batch.is_empty() && rows + job.rows > self.max_batch {
+        let Some(first) = state.queue.pop_front() else {
+            return Vec::new();
+        };
+        let mut rows = first.rows;
+        let mut batch = vec![first];
+        let mut i = 0;
+        while i < state.queue.len() {
+            let job = &state.queue[i];
+            if job.shapes != batch[0].shapes {
+                i += 1;
+                continue;
+            }
+            if rows + job.rows > self.max_batch {
                 break;
             }
             rows += job.rows;
-            batch.extend(state.queue.pop_front());
+            batch.extend(state.queue.remove(i));
         }
         batch
     }
@@ -199,7 +224,7 @@ impl Batcher {
 /// runs each job alone, so that a failure stays with the request that causes it.
 fn run_batch(
     jobs: Vec<Job>,
-    forward: &impl Fn(&tch::Tensor) -> Result<TensorData>,
+    forward: &impl Fn(&[tch::Tensor]) -> Result<TensorData>,
 ) -> Vec<(u64, Result<(TensorData, Batched)>)> {
     let started = Instant::now();
     let batch_size: usize = jobs.iter().map(|job| job.rows).sum();
@@ -208,12 +233,16 @@ fn run_batch(
         batch_size,
     };
     if let [job] = &jobs[..] {
-        let result = forward(&job.input).map(|output| (output, batched(job, job.rows)));
+        let result = forward(&job.inputs).map(|output| (output, batched(job, job.rows)));
         return vec![(job.id, result)];
     }
-    let inputs: Vec<&tch::Tensor> = jobs.iter().map(|job| &job.input).collect();
-    let output = tch::Tensor::f_cat(&inputs, 0)
-        .map_err(|err| Error::internal("batch", err))
+    let output = (0..jobs[0].inputs.len())
+        .map(|k| {
+            let column: Vec<&tch::Tensor> =
+                jobs.iter().filter_map(|job| job.inputs.get(k)).collect();
+            tch::Tensor::f_cat(&column, 0).map_err(|err| Error::internal("batch", err))
+        })
+        .collect::<Result<Vec<_>>>()
         .and_then(|batch| forward(&batch))
         .and_then(|output| {
             let rows: Vec<usize> = jobs.iter().map(|job| job.rows).collect();
@@ -228,7 +257,7 @@ fn run_batch(
         Err(_) => jobs
             .iter()
             .map(|job| {
-                let result = forward(&job.input).map(|output| (output, batched(job, job.rows)));
+                let result = forward(&job.inputs).map(|output| (output, batched(job, job.rows)));
                 (job.id, result)
             })
             .collect(),
@@ -240,15 +269,22 @@ mod tests {
     use super::*;
     use crate::tensor::Elements;
 
-    fn doubled(input: &tch::Tensor) -> Result<TensorData> {
-        let output = input
+    /// A "model" of one or more inputs: twice their sum.
+    fn doubled(inputs: &[tch::Tensor]) -> Result<TensorData> {
+        let mut sum = inputs[0].shallow_clone();
+        for input in &inputs[1..] {
+            sum = sum
+                .f_add(input)
+                .map_err(|err| Error::internal("test", err))?;
+        }
+        let output = sum
             .f_mul_scalar(2)
             .map_err(|err| Error::internal("test", err))?;
         TensorData::from_torch(&output)?.ok_or_else(|| Error::internal("test", "dtype"))
     }
 
-    fn row(value: f32) -> tch::Tensor {
-        tch::Tensor::from_slice(&[value, value + 0.5]).reshape([1, 2])
+    fn row(value: f32) -> Vec<tch::Tensor> {
+        vec![tch::Tensor::from_slice(&[value, value + 0.5]).reshape([1, 2])]
     }
 
     #[test]
@@ -298,7 +334,7 @@ mod tests {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let batcher = Batcher::new(2, Duration::ZERO, 2);
         let (running, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
-        let slow = |input: &tch::Tensor| -> Result<TensorData> {
+        let slow = |input: &[tch::Tensor]| -> Result<TensorData> {
             let now = running.fetch_add(1, Ordering::SeqCst) + 1;
             most.fetch_max(now, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(50));
@@ -325,8 +361,8 @@ mod tests {
     fn a_failing_input_fails_only_its_own_request() {
         let batcher = Batcher::new(8, Duration::from_millis(100), 1);
         // The "model" refuses rows holding a negative number.
-        let picky = |input: &tch::Tensor| -> Result<TensorData> {
-            let negative = input
+        let picky = |input: &[tch::Tensor]| -> Result<TensorData> {
+            let negative = input[0]
                 .f_lt(0)
                 .and_then(|t| t.f_any())
                 .map_err(|err| Error::internal("test", err))?;
@@ -363,5 +399,48 @@ mod tests {
             assert_eq!(batched.batch_size, 1);
             Ok(())
         })
+    }
+
+    #[test]
+    fn only_inputs_of_the_same_shapes_share_a_batch() {
+        // Two-input requests (as a text model's ids and mask) of two lengths, queued alternately
+        // (every request announced first, so the leader waits for all of them).
+        let batcher = Batcher::new(8, Duration::from_secs(10), 1);
+        let request = |value: f32, length: i64| {
+            let ids = tch::Tensor::full(
+                [1, length],
+                f64::from(value),
+                (tch::Kind::Float, tch::Device::Cpu),
+            );
+            vec![ids.shallow_clone(), ids]
+        };
+        let tickets: Vec<Ticket<'_>> = (0..6).map(|_| batcher.enter()).collect();
+        let sizes = std::thread::scope(|s| {
+            let handles: Vec<_> = tickets
+                .into_iter()
+                .enumerate()
+                .map(|(i, ticket)| {
+                    let batcher = &batcher;
+                    s.spawn(move || {
+                        let length = if i % 2 == 0 { 3 } else { 5 };
+                        let (output, batched) = batcher
+                            .run(ticket, request(i as f32, length), doubled)
+                            .expect("answer");
+                        assert_eq!(output.shape, vec![1, length as usize]);
+                        let value = i as f32 * 4.0;
+                        assert_eq!(
+                            output.elements,
+                            Elements::Float32(vec![value; length as usize])
+                        );
+                        batched.batch_size
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("no panic"))
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(sizes, vec![3; 6], "one batch per length");
     }
 }

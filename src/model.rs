@@ -211,20 +211,22 @@ impl Model {
     }
 
     /// Runs texts through the model: tokenize, one forward pass with the tensors the manifest's
-    /// `inputs` names, then the output head: the best `top_k` predictions per text, one
-    /// embedding per text, or the raw output.
+    /// `inputs` names (shared with concurrent requests of the same padded length when the model
+    /// batches), then the output head: the best `top_k` predictions per text, one embedding per
+    /// text, or the raw output.
     pub fn run_texts(
         &self,
         texts: &[TextSource],
         top_k: Option<usize>,
     ) -> Result<(TextAnswer, Timings)> {
         let started = Instant::now();
+        let ticket = self.batcher.as_ref().map(Batcher::enter);
         let inputs = &self.text()?.spec().inputs;
         let tokens = self.tokenize(texts)?;
         let tensors = tokens.to_torch(inputs)?;
         let preprocess = ms_since(started);
+        let (output, mut timings) = self.run_batched(ticket, tensors)?;
         let before = Instant::now();
-        let output = self.run_all(&tensors)?;
         let answer = match &self.output {
             OutputHead::Classification { .. } => {
                 TextAnswer::Predictions(self.classify(&output, top_k)?)
@@ -236,15 +238,10 @@ impl Model {
             )?),
             OutputHead::Raw => TextAnswer::Raw(output),
         };
-        Ok((
-            answer,
-            Timings {
-                preprocess,
-                inference: ms_since(before),
-                total: ms_since(started),
-                ..Timings::default()
-            },
-        ))
+        timings.preprocess = preprocess;
+        timings.inference += ms_since(before);
+        timings.total = ms_since(started);
+        Ok((answer, timings))
     }
 
     /// Runs images through the model: decode, preprocess into one batch, one forward pass.
@@ -271,27 +268,28 @@ impl Model {
             };
             self.preprocess_into(images, floats)?
         };
-        let (output, mut timings) = self.run_batched(ticket, batch)?;
+        let (output, mut timings) = self.run_batched(ticket, vec![batch])?;
         timings.decode = decode;
         timings.preprocess = preprocess;
         timings.total = ms_since(started);
         Ok((output, timings))
     }
 
-    /// One forward pass of `input`, shared with concurrent requests when the model batches;
-    /// times the inference (and the queue).
+    /// One forward pass of `inputs` (the model's inputs, in the order of its `forward`
+    /// arguments), shared with concurrent requests when the model batches; times the inference
+    /// (and the queue).
     fn run_batched(
         &self,
         ticket: Option<Ticket<'_>>,
-        input: tch::Tensor,
+        inputs: Vec<tch::Tensor>,
     ) -> Result<(TensorData, Timings)> {
         let before = Instant::now();
         let (output, batched) = match (&self.batcher, ticket) {
             (Some(batcher), Some(ticket)) => {
-                let (output, batched) = batcher.run(ticket, input, |batch| self.run(batch))?;
+                let (output, batched) = batcher.run(ticket, inputs, |batch| self.run_all(batch))?;
                 (output, Some(batched))
             }
-            _ => (self.run(&input)?, None),
+            _ => (self.run_all(&inputs)?, None),
         };
         let queue = batched.map(|b| b.queue_ms);
         Ok((
@@ -414,7 +412,7 @@ impl Model {
         self.input
             .check(input, &self.limits)
             .map_err(|err| self.named(err))?;
-        self.run_batched(ticket, input.to_torch()?)
+        self.run_batched(ticket, vec![input.to_torch()?])
     }
 
     /// Best `top_k` predictions per row of a classification output.

@@ -5,8 +5,9 @@ mod common;
 
 use std::sync::{Arc, Once};
 
-use common::{image_base64, models, service};
+use common::{fixtures, image_base64, models, service};
 use lambdatorch::registry::Registry;
+use lambdatorch::service::{Config, Service};
 use lambdatorch::{events, ErrorKind, Limits};
 use serde_json::{json, Value};
 
@@ -133,9 +134,14 @@ fn concurrent_requests_each_get_their_own_answer_once() {
 
 /// Rows a response's request contributed.
 fn got_rows(reply: &Value) -> u64 {
-    match (reply.get("results"), reply.get("output")) {
-        (Some(Value::Array(results)), _) => results.len() as u64,
-        (_, Some(output)) => output["shape"][0].as_u64().unwrap_or(1),
+    match (
+        reply.get("results"),
+        reply.get("output"),
+        reply.get("embeddings"),
+    ) {
+        (Some(Value::Array(results)), _, _) => results.len() as u64,
+        (_, Some(output), _) => output["shape"][0].as_u64().unwrap_or(1),
+        (_, _, Some(Value::Array(rows))) => rows.len() as u64,
         _ => 1,
     }
 }
@@ -201,4 +207,87 @@ fn a_model_larger_than_the_whole_cache_is_refused_before_loading() {
         "{err}"
     );
     assert!(registry.loaded().is_empty());
+}
+
+#[test]
+fn concurrent_texts_of_one_padded_length_share_forward_passes() {
+    batching_on();
+    let svc: &'static Service = Box::leak(Box::new(Service::new(Config {
+        models_root: fixtures().join("text").join("models"),
+        default_model: None,
+        preload: Vec::new(),
+        limits: Limits::default(),
+    })));
+    let (short, long) = (
+        "A great film.",
+        "What a long, winding and wonderful story this was!",
+    );
+    let requests = [
+        json!({"model": "text-classifier", "text": short}),
+        json!({"model": "text-classifier", "texts": [short, "Awful."]}),
+        json!({"model": "text-classifier", "text": long}),
+        json!({"model": "text-embedder", "text": short}),
+        json!({"model": "text-embedder", "texts": ["Awful.", short]}),
+        json!({"model": "text-embedder", "texts": [long]}),
+        json!({"model": "text-embedder", "text": "\u{7}"}),
+    ];
+    let call = |event: &Value| events::handle(svc, event.clone(), "t").reply();
+    let alone: Vec<Option<Value>> = requests.iter().map(|event| call(event).ok()).collect();
+    assert!(
+        alone.last().is_some_and(Option::is_none),
+        "a control character is refused"
+    );
+    let shared: usize = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..12)
+            .map(|worker| {
+                let (requests, alone, call) = (&requests, &alone, &call);
+                s.spawn(move || {
+                    let mut shared = 0;
+                    for n in 0..30 {
+                        let i = (worker * 5 + n) % requests.len();
+                        match (call(&requests[i]), &alone[i]) {
+                            (Ok(got), Some(want)) => {
+                                assert!(same_text_answer(&got, want), "{got} vs {want}");
+                                let size = got["batch_size"].as_u64().expect("batch_size");
+                                shared += usize::from(size > got_rows(&got));
+                            }
+                            (Err(err), None) => assert_eq!(err.kind(), ErrorKind::InvalidInput),
+                            (got, want) => panic!("{}: {got:?}, alone {want:?}", requests[i]),
+                        }
+                    }
+                    shared
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("no panic"))
+            .sum()
+    });
+    assert!(shared > 0, "no text request shared a forward pass in 360");
+}
+
+/// A text answer as it was alone: predictions as [`same_answer`] has them, embeddings within
+/// float rounding of a batched pass.
+fn same_text_answer(got: &Value, alone: &Value) -> bool {
+    let floats = |v: &Value| -> Vec<f64> {
+        v["embeddings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|row| {
+                row.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_f64)
+            })
+            .collect()
+    };
+    let (g, a) = (floats(got), floats(alone));
+    if a.is_empty() {
+        return same_answer(got, alone);
+    }
+    got["dims"] == alone["dims"]
+        && g.len() == a.len()
+        && g.iter().zip(&a).all(|(x, y)| (x - y).abs() < 1e-5)
 }
