@@ -5,7 +5,9 @@
 //! theirs, at most `max_delay` and never when nobody else is coming (a lone request runs at once),
 //! takes up to `max_batch` rows in arrival order, runs them as one batch and hands every request
 //! its own rows of the output. Only inputs of the same shapes beyond the batch dimension share a
-//! batch (texts of one padded length, tensors of one shape); the others wait for the next. As
+//! batch (tensors of one shape), unless the model's inputs may be padded: a text model's
+//! `[batch, tokens]` tensors of different lengths are padded to the longest, as its tokenizer
+//! pads a request's own texts (see [`LengthPadding`]); the others wait for the next. As
 //! many batches of a model run at once as the process has forward lanes ([`crate::lanes`]); while
 //! they run, new requests queue up, so under load the next batch forms by itself even with no
 //! delay. A request whose input fails before it is queued leaves the others unaffected; if a
@@ -28,11 +30,25 @@ pub struct Batched {
     pub batch_size: usize,
 }
 
+/// How inputs of different lengths share a batch: each input is `[batch, length]` and is padded
+/// along its length to the longest with its own value, as a tokenizer pads a batch of texts. The
+/// model then answers each row as it does within its own request (its attention mask hides the
+/// padding), except that outputs per token come back longer, which their requester cuts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LengthPadding {
+    /// Per input, in the model's order: the value it is padded with.
+    pub values: Vec<i64>,
+    /// Whether padding goes before the tokens rather than after.
+    pub left: bool,
+}
+
 /// A model's batching queue.
 #[derive(Debug)]
 pub struct Batcher {
     max_batch: usize,
     max_delay: Duration,
+    /// Whether inputs of different lengths may share a batch, and how.
+    padding: Option<LengthPadding>,
     /// Batches of this model that may run at once.
     lanes: usize,
     state: Mutex<State>,
@@ -89,10 +105,37 @@ impl Batcher {
         Batcher {
             max_batch: max_batch.max(1),
             max_delay,
+            padding: None,
             lanes: lanes.max(1),
             state: Mutex::default(),
             changed: Condvar::new(),
         }
+    }
+
+    /// This queue, batching inputs of different lengths padded as `padding` says.
+    pub fn padded(self, padding: LengthPadding) -> Batcher {
+        Batcher {
+            padding: Some(padding),
+            ..self
+        }
+    }
+
+    /// Whether inputs padded into a batch get their padding before their tokens.
+    pub fn pads_left(&self) -> bool {
+        self.padding.as_ref().is_some_and(|padding| padding.left)
+    }
+
+    /// Whether `a` and `b` may run in one batch: inputs of the same shapes, or `[batch, length]`
+    /// inputs that padding makes so.
+    fn fits(&self, a: &Job, b: &Job) -> bool {
+        a.shapes == b.shapes
+            || self.padding.as_ref().is_some_and(|padding| {
+                let lengths = |job: &Job| job.shapes.iter().all(|shape| shape.len() == 1);
+                a.shapes.len() == padding.values.len()
+                    && b.shapes.len() == padding.values.len()
+                    && lengths(a)
+                    && lengths(b)
+            })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -163,7 +206,7 @@ impl Batcher {
             state.gathering = false;
             state.running += 1;
             drop(state);
-            let results = run_batch(batch, &forward);
+            let results = run_batch(batch, &forward, self.padding.as_ref());
             state = self.lock();
             state.running -= 1;
             state.done.extend(results);
@@ -206,7 +249,7 @@ impl Batcher {
         let mut i = 0;
         while i < state.queue.len() {
             let job = &state.queue[i];
-            if job.shapes != batch[0].shapes {
+            if !self.fits(&batch[0], job) {
                 i += 1;
                 continue;
             }
@@ -220,11 +263,13 @@ impl Batcher {
     }
 }
 
-/// Runs `jobs` as one forward pass and splits the output by rows; if a batch of several fails,
-/// runs each job alone, so that a failure stays with the request that causes it.
+/// Runs `jobs` as one forward pass (padded to one length by `padding`, if they differ) and splits
+/// the output by rows; if a batch of several fails, runs each job alone, so that a failure stays
+/// with the request that causes it.
 fn run_batch(
     jobs: Vec<Job>,
     forward: &impl Fn(&[tch::Tensor]) -> Result<TensorData>,
+    padding: Option<&LengthPadding>,
 ) -> Vec<(u64, Result<(TensorData, Batched)>)> {
     let started = Instant::now();
     let batch_size: usize = jobs.iter().map(|job| job.rows).sum();
@@ -238,8 +283,24 @@ fn run_batch(
     }
     let output = (0..jobs[0].inputs.len())
         .map(|k| {
-            let column: Vec<&tch::Tensor> =
-                jobs.iter().filter_map(|job| job.inputs.get(k)).collect();
+            let longest = jobs
+                .iter()
+                .filter_map(|job| job.shapes.get(k)?.first())
+                .max();
+            let column = jobs
+                .iter()
+                .filter_map(|job| Some((job.inputs.get(k)?, job.shapes.get(k)?.first())))
+                .map(|(input, length)| match (padding, length, longest) {
+                    (Some(padding), Some(&length), Some(&longest)) if length < longest => {
+                        let pads = longest - length;
+                        let sides = if padding.left { [pads, 0] } else { [0, pads] };
+                        let value = padding.values.get(k).copied().unwrap_or(0) as f64;
+                        input.f_pad(sides, "constant", value)
+                    }
+                    _ => Ok(input.shallow_clone()),
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|err| Error::internal("batch padding", err))?;
             tch::Tensor::f_cat(&column, 0).map_err(|err| Error::internal("batch", err))
         })
         .collect::<Result<Vec<_>>>()
@@ -442,5 +503,51 @@ mod tests {
                 .collect::<Vec<_>>()
         });
         assert_eq!(sizes, vec![3; 6], "one batch per length");
+    }
+
+    #[test]
+    fn padding_lets_inputs_of_different_lengths_share_a_batch() {
+        // Ids padded with 7 and a mask with 0, as a tokenizer pads, on either side.
+        for left in [false, true] {
+            let padding = LengthPadding {
+                values: vec![7, 0],
+                left,
+            };
+            let batcher = Batcher::new(8, Duration::from_secs(10), 1).padded(padding);
+            let request = |value: f32, length: i64| {
+                let ids = tch::Tensor::full(
+                    [1, length],
+                    f64::from(value),
+                    (tch::Kind::Float, tch::Device::Cpu),
+                );
+                vec![
+                    ids,
+                    tch::Tensor::ones([1, length], (tch::Kind::Float, tch::Device::Cpu)),
+                ]
+            };
+            let tickets: Vec<Ticket<'_>> = (0..4).map(|_| batcher.enter()).collect();
+            std::thread::scope(|s| {
+                for (i, ticket) in tickets.into_iter().enumerate() {
+                    let batcher = &batcher;
+                    s.spawn(move || {
+                        let length = if i % 2 == 0 { 2 } else { 4 };
+                        let (output, batched) = batcher
+                            .run(ticket, request(i as f32, length), doubled)
+                            .expect("answer");
+                        assert_eq!(batched.batch_size, 4, "one batch");
+                        // Rows come back at the batch's length; the requester cuts its own.
+                        assert_eq!(output.shape, vec![1, 4]);
+                        let own = 2.0 * (i as f32 + 1.0);
+                        let pad = 2.0 * 7.0;
+                        let want = match (length, left) {
+                            (4, _) => vec![own; 4],
+                            (_, false) => vec![own, own, pad, pad],
+                            (_, true) => vec![pad, pad, own, own],
+                        };
+                        assert_eq!(output.elements, Elements::Float32(want), "left: {left}");
+                    });
+                }
+            });
+        }
     }
 }

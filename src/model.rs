@@ -15,13 +15,13 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::backend::{self, aoti, Backend, BatchSizes};
-use crate::batcher::{Batcher, Ticket};
+use crate::batcher::{Batcher, LengthPadding, Ticket};
 use crate::error::{Error, Result};
 use crate::image::ImageSource;
 use crate::input::InputPipeline;
 use crate::lanes::{self, Lanes};
 use crate::limits::Limits;
-use crate::manifest::{Format, Manifest, ModelDir, Threads};
+use crate::manifest::{Format, Manifest, ModelDir, Pooling, Threads};
 use crate::output::{Embeddings, OutputHead, Prediction};
 use crate::tensor::{Elements, TensorData};
 use crate::text::{TextPipeline, TextSource, Tokens};
@@ -130,13 +130,20 @@ impl Model {
             }
         };
         check_batch_sizes(&dir, backend.batch_sizes())?;
-        let batcher = batcher_for(&dir.manifest, backend.batch_sizes())?;
         let input = InputPipeline::load(&dir, &limits)?;
+        let output = OutputHead::new(&dir.manifest.output, dir.labels.clone());
+        // Text requests of different lengths share a pass padded to the longest, except for raw
+        // outputs, whose padded positions could not be told apart to cut them back.
+        let padding = input
+            .text()
+            .filter(|_| !matches!(output, OutputHead::Raw))
+            .map(TextPipeline::batch_padding);
+        let batcher = batcher_for(&dir.manifest, backend.batch_sizes(), padding)?;
         let model = Model {
             threads,
             batcher,
             input,
-            output: OutputHead::new(&dir.manifest.output, dir.labels.clone()),
+            output,
             backend,
             dir,
             limits,
@@ -211,9 +218,8 @@ impl Model {
     }
 
     /// Runs texts through the model: tokenize, one forward pass with the tensors the manifest's
-    /// `inputs` names (shared with concurrent requests of the same padded length when the model
-    /// batches), then the output head: the best `top_k` predictions per text, one embedding per
-    /// text, or the raw output.
+    /// `inputs` names (shared with concurrent requests when the model batches), then the output
+    /// head: the best `top_k` predictions per text, one embedding per text, or the raw output.
     pub fn run_texts(
         &self,
         texts: &[TextSource],
@@ -226,6 +232,7 @@ impl Model {
         let tensors = tokens.to_torch(inputs)?;
         let preprocess = ms_since(started);
         let (output, mut timings) = self.run_batched(ticket, tensors)?;
+        let output = self.own_tokens(output, &tokens)?;
         let before = Instant::now();
         let answer = match &self.output {
             OutputHead::Classification { .. } => {
@@ -242,6 +249,22 @@ impl Model {
         timings.inference += ms_since(before);
         timings.total = ms_since(started);
         Ok((answer, timings))
+    }
+
+    /// `output` with this request's own tokens: token vectors (of an embedding model that pools
+    /// them) come back as long as the longest request of a shared batch, padded as the tokenizer
+    /// pads; classes and pooled vectors have no token dimension.
+    fn own_tokens(&self, output: TensorData, tokens: &Tokens) -> Result<TensorData> {
+        let per_token =
+            matches!(&self.output, OutputHead::Embedding(spec) if spec.pooling != Pooling::None);
+        match output.shape[..] {
+            [_, length, _] if per_token && length > tokens.length => {
+                let left = self.batcher.as_ref().is_some_and(Batcher::pads_left);
+                let start = if left { length - tokens.length } else { 0 };
+                output.narrow_dim1(start, tokens.length)
+            }
+            _ => Ok(output),
+        }
     }
 
     /// Runs images through the model: decode, preprocess into one batch, one forward pass.
@@ -529,7 +552,11 @@ pub enum TextAnswer {
 /// Whether batching is on: when Lambda sends concurrent requests (`AWS_LAMBDA_MAX_CONCURRENCY` above
 /// 1), when the manifest has `batching`, or when `LAMBDATORCH_BATCH_DELAY_MS` is set (which also
 /// overrides the manifest's delay). Off for a model that takes one batch size only.
-fn batcher_for(manifest: &Manifest, sizes: BatchSizes) -> Result<Option<Batcher>> {
+fn batcher_for(
+    manifest: &Manifest,
+    sizes: BatchSizes,
+    padding: Option<LengthPadding>,
+) -> Result<Option<Batcher>> {
     let env_delay = batching_delay()?;
     let concurrent = lanes::concurrent();
     let manifest_delay = manifest.batching.as_ref().map(|b| b.max_delay_ms);
@@ -538,11 +565,15 @@ fn batcher_for(manifest: &Manifest, sizes: BatchSizes) -> Result<Option<Batcher>
         return Ok(None);
     }
     let delay = env_delay.or(manifest_delay).unwrap_or(0);
-    Ok(Some(Batcher::new(
+    let batcher = Batcher::new(
         manifest.max_batch,
         std::time::Duration::from_millis(delay),
         Lanes::global().count(),
-    )))
+    );
+    Ok(Some(match padding {
+        Some(padding) => batcher.padded(padding),
+        None => batcher,
+    }))
 }
 
 /// `LAMBDATORCH_BATCH_DELAY_MS`, when set: the batching delay for every model, in milliseconds.

@@ -291,6 +291,49 @@ impl TensorData {
         Ok(parts)
     }
 
+    /// Positions `start..start + len` of dimension 1 of a `[rows, length, ...]` tensor: a
+    /// request's own tokens, when its output came back padded to a longer batch's.
+    pub fn narrow_dim1(self, start: usize, len: usize) -> Result<TensorData> {
+        let (rows, length, inner) = match &self.shape[..] {
+            [rows, length, rest @ ..] => (*rows, *length, element_count(rest).unwrap_or(0)),
+            _ => return Err(Error::internal("narrow", format!("shape {:?}", self.shape))),
+        };
+        if start + len > length {
+            return Err(Error::internal(
+                "narrow",
+                format!("positions {start}..{} of {length}", start + len),
+            ));
+        }
+        fn take<T: Copy>(
+            v: &[T],
+            rows: usize,
+            length: usize,
+            inner: usize,
+            start: usize,
+            len: usize,
+        ) -> Vec<T> {
+            (0..rows)
+                .flat_map(|row| {
+                    let at = (row * length + start) * inner;
+                    v[at..at + len * inner].iter().copied()
+                })
+                .collect()
+        }
+        let elements = match &self.elements {
+            Elements::Float32(v) => Elements::Float32(take(v, rows, length, inner, start, len)),
+            Elements::Float64(v) => Elements::Float64(take(v, rows, length, inner, start, len)),
+            Elements::Float16(v) => Elements::Float16(take(v, rows, length, inner, start, len)),
+            Elements::Bfloat16(v) => Elements::Bfloat16(take(v, rows, length, inner, start, len)),
+            Elements::Int64(v) => Elements::Int64(take(v, rows, length, inner, start, len)),
+            Elements::Int32(v) => Elements::Int32(take(v, rows, length, inner, start, len)),
+            Elements::Uint8(v) => Elements::Uint8(take(v, rows, length, inner, start, len)),
+            Elements::Bool(v) => Elements::Bool(take(v, rows, length, inner, start, len)),
+        };
+        let mut shape = self.shape;
+        shape[1] = len;
+        TensorData::new(shape, elements)
+    }
+
     /// A tensor of `shape` filled with zeros (false), for warmup.
     pub fn zeros(shape: Vec<usize>, dtype: DType) -> Result<TensorData> {
         let n = element_count(&shape)
@@ -492,6 +535,22 @@ impl Serialize for Elements {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn narrow_dim1_keeps_each_rows_positions() -> Result<()> {
+        // [2 rows, 3 positions, 2 values]
+        let data = TensorData::new(vec![2, 3, 2], Elements::Int64((0..12).collect()))?;
+        let cut = data.clone().narrow_dim1(1, 2)?;
+        assert_eq!(cut.shape, vec![2, 2, 2]);
+        assert_eq!(
+            cut.elements,
+            Elements::Int64(vec![2, 3, 4, 5, 8, 9, 10, 11])
+        );
+        assert!(data.clone().narrow_dim1(2, 2).is_err());
+        let flat = TensorData::new(vec![3], Elements::Int64(vec![1, 2, 3]))?;
+        assert!(flat.narrow_dim1(0, 1).is_err());
+        Ok(())
+    }
 
     #[test]
     fn short_f64_is_the_shortest_decimal_that_round_trips() {

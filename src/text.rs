@@ -15,6 +15,7 @@ use tokenizers::{
     Tokenizer, TruncationParams,
 };
 
+use crate::batcher::LengthPadding;
 use crate::error::{Error, Limit, Result};
 use crate::limits::Limits;
 use crate::manifest::{Padding, TextInput, TextTensor};
@@ -229,6 +230,20 @@ impl TextPipeline {
     /// The manifest's text settings.
     pub fn spec(&self) -> &TextInput {
         &self.spec
+    }
+
+    /// How concurrent requests' token tensors of different lengths are padded into one batch:
+    /// as this tokenizer pads a request's own texts.
+    pub fn batch_padding(&self) -> LengthPadding {
+        let value = |tensor: &TextTensor| match tensor {
+            TextTensor::InputIds => i64::from(self.padding.pad_id),
+            TextTensor::AttentionMask => 0,
+            TextTensor::TokenTypeIds => i64::from(self.padding.pad_type_id),
+        };
+        LengthPadding {
+            values: self.spec.inputs.iter().map(value).collect(),
+            left: matches!(self.padding.direction, PaddingDirection::Left),
+        }
     }
 
     /// Checks texts against the model and the limits, before any is tokenized: pairs for pair

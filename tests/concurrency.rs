@@ -210,7 +210,7 @@ fn a_model_larger_than_the_whole_cache_is_refused_before_loading() {
 }
 
 #[test]
-fn concurrent_texts_of_one_padded_length_share_forward_passes() {
+fn concurrent_texts_share_forward_passes_padded_to_the_longest() {
     batching_on();
     let svc: &'static Service = Box::leak(Box::new(Service::new(Config {
         models_root: fixtures().join("text").join("models"),
@@ -222,6 +222,8 @@ fn concurrent_texts_of_one_padded_length_share_forward_passes() {
         "A great film.",
         "What a long, winding and wonderful story this was!",
     );
+    // The long texts are the only requests of their length for each model: they share a pass
+    // only with shorter ones, padded.
     let requests = [
         json!({"model": "text-classifier", "text": short}),
         json!({"model": "text-classifier", "texts": [short, "Awful."]}),
@@ -231,25 +233,26 @@ fn concurrent_texts_of_one_padded_length_share_forward_passes() {
         json!({"model": "text-embedder", "texts": [long]}),
         json!({"model": "text-embedder", "text": "\u{7}"}),
     ];
+    let long_ones = [2, 5];
     let call = |event: &Value| events::handle(svc, event.clone(), "t").reply();
     let alone: Vec<Option<Value>> = requests.iter().map(|event| call(event).ok()).collect();
     assert!(
         alone.last().is_some_and(Option::is_none),
         "a control character is refused"
     );
-    let shared: usize = std::thread::scope(|s| {
+    let shared: Vec<usize> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..12)
             .map(|worker| {
                 let (requests, alone, call) = (&requests, &alone, &call);
                 s.spawn(move || {
-                    let mut shared = 0;
+                    let mut shared = vec![0; requests.len()];
                     for n in 0..30 {
                         let i = (worker * 5 + n) % requests.len();
                         match (call(&requests[i]), &alone[i]) {
                             (Ok(got), Some(want)) => {
                                 assert!(same_text_answer(&got, want), "{got} vs {want}");
                                 let size = got["batch_size"].as_u64().expect("batch_size");
-                                shared += usize::from(size > got_rows(&got));
+                                shared[i] += usize::from(size > got_rows(&got));
                             }
                             (Err(err), None) => assert_eq!(err.kind(), ErrorKind::InvalidInput),
                             (got, want) => panic!("{}: {got:?}, alone {want:?}", requests[i]),
@@ -262,9 +265,17 @@ fn concurrent_texts_of_one_padded_length_share_forward_passes() {
         workers
             .into_iter()
             .map(|w| w.join().expect("no panic"))
-            .sum()
+            .fold(vec![0; requests.len()], |total, counts| {
+                total.iter().zip(counts).map(|(a, b)| a + b).collect()
+            })
     });
-    assert!(shared > 0, "no text request shared a forward pass in 360");
+    for i in long_ones {
+        assert!(
+            shared[i] > 0,
+            "{} never shared a pass: {shared:?}",
+            requests[i]
+        );
+    }
 }
 
 /// A text answer as it was alone: predictions as [`same_answer`] has them, embeddings within
