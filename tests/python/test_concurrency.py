@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from conftest import MODELS, REPO, image_bytes
+from fixture_data import FIXTURES
 from handler_harness import LAMBDA_BIN, SITE
 
 sys.path.insert(0, str(REPO))
@@ -27,10 +28,11 @@ from bench.runtime_api import RuntimeAPI, RuntimeFailure
 
 CONCURRENCY = 16
 REQUESTS = 2000
+TEXT_MODELS = FIXTURES / "text" / "models"
 
 
-@pytest.fixture(scope="module")
-def runtime(tmp_path_factory):
+def serve(tmp_path_factory, models, preload):
+    """``bootstrap`` serving ``models`` concurrently, with its Runtime API; stopped after."""
     api = RuntimeAPI()
     log = (tmp_path_factory.mktemp("logs") / "native.log").open("w")
     env = {
@@ -40,8 +42,8 @@ def runtime(tmp_path_factory):
         "AWS_LAMBDA_FUNCTION_NAME": "_",
         "AWS_LAMBDA_FUNCTION_VERSION": "1",
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048",
-        "LAMBDATORCH_MODELS": str(MODELS),
-        "LAMBDATORCH_PRELOAD": "tiny,tensor-classifier",
+        "LAMBDATORCH_MODELS": str(models),
+        "LAMBDATORCH_PRELOAD": preload,
         "LAMBDATORCH_BATCH_DELAY_MS": "5",
         "LAMBDATORCH_LIBTORCH": str(SITE / "torch" / "lib"),
     }
@@ -51,6 +53,16 @@ def runtime(tmp_path_factory):
     process.wait(timeout=10)
     api.close()
     log.close()
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory):
+    yield from serve(tmp_path_factory, MODELS, "tiny,tensor-classifier")
+
+
+@pytest.fixture(scope="module")
+def text_runtime(tmp_path_factory):
+    yield from serve(tmp_path_factory, TEXT_MODELS, "text-classifier,text-embedder")
 
 
 def invoke(api, process, event):
@@ -110,4 +122,39 @@ def test_every_request_is_answered_once_as_alone(lt, runtime):
     assert not api.in_flight, "an invocation was never answered"
     assert api.pending.empty()
     assert max(sizes) > 1, "no two requests shared a forward pass"
+    assert process.poll() is None, "the handler died"
+
+
+def test_texts_of_different_lengths_share_passes_and_answer_as_alone(lt, text_runtime):
+    api, process = text_runtime
+    classifier = lt.load(TEXT_MODELS / "text-classifier")
+    embedder = lt.load(TEXT_MODELS / "text-embedder")
+    texts = [
+        "A great film.",
+        "Awful.",
+        "What a long, winding and wonderful story this was!",
+        "Café au lait in Zürich, then sushi in 東京 🤖.",
+    ]
+    alone = {text: classifier.predict(text) for text in texts}
+    vectors = embedder.embed(texts)
+
+    def request(i: int) -> int:
+        k = i % len(texts)
+        if i % 2 == 0:
+            reply = invoke(api, process, {"model": "text-classifier", "text": texts[k]})
+            got = reply["predictions"]
+            assert [p["index"] for p in got] == [p.index for p in alone[texts[k]]]
+            np.testing.assert_allclose(
+                [p["score"] for p in got], [p.score for p in alone[texts[k]]], atol=1e-5
+            )
+        else:
+            reply = invoke(api, process, {"model": "text-embedder", "text": texts[k]})
+            np.testing.assert_allclose(reply["embeddings"][0], vectors[k], atol=1e-5)
+        return reply["batch_size"]
+
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        sizes = list(pool.map(request, range(400)))
+    assert len(sizes) == 400
+    assert not api.in_flight, "an invocation was never answered"
+    assert max(sizes) > 1, "no two text requests shared a forward pass"
     assert process.poll() is None, "the handler died"
