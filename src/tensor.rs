@@ -108,6 +108,22 @@ macro_rules! each_dtype {
     };
 }
 
+/// The [`Elements`] of the same dtype that `$body` makes of the typed vector `$v` inside.
+macro_rules! map_dtype {
+    ($elements:expr, $v:ident => $body:expr) => {
+        match $elements {
+            Elements::Float32($v) => Elements::Float32($body),
+            Elements::Float64($v) => Elements::Float64($body),
+            Elements::Float16($v) => Elements::Float16($body),
+            Elements::Bfloat16($v) => Elements::Bfloat16($body),
+            Elements::Int64($v) => Elements::Int64($body),
+            Elements::Int32($v) => Elements::Int32($body),
+            Elements::Uint8($v) => Elements::Uint8($body),
+            Elements::Bool($v) => Elements::Bool($body),
+        }
+    };
+}
+
 impl Elements {
     /// Their dtype.
     pub fn dtype(&self) -> DType {
@@ -274,16 +290,7 @@ impl TensorData {
         let mut start = 0;
         for &n in rows {
             let range = start * per_row..(start + n) * per_row;
-            let elements = match &self.elements {
-                Elements::Float32(v) => Elements::Float32(v[range].to_vec()),
-                Elements::Float64(v) => Elements::Float64(v[range].to_vec()),
-                Elements::Float16(v) => Elements::Float16(v[range].to_vec()),
-                Elements::Bfloat16(v) => Elements::Bfloat16(v[range].to_vec()),
-                Elements::Int64(v) => Elements::Int64(v[range].to_vec()),
-                Elements::Int32(v) => Elements::Int32(v[range].to_vec()),
-                Elements::Uint8(v) => Elements::Uint8(v[range].to_vec()),
-                Elements::Bool(v) => Elements::Bool(v[range].to_vec()),
-            };
+            let elements = map_dtype!(&self.elements, v => v[range].to_vec());
             let shape = std::iter::once(n).chain(rest.iter().copied()).collect();
             parts.push(TensorData::new(shape, elements)?);
             start += n;
@@ -304,31 +311,12 @@ impl TensorData {
                 format!("positions {start}..{} of {length}", start + len),
             ));
         }
-        fn take<T: Copy>(
-            v: &[T],
-            rows: usize,
-            length: usize,
-            inner: usize,
-            start: usize,
-            len: usize,
-        ) -> Vec<T> {
-            (0..rows)
-                .flat_map(|row| {
-                    let at = (row * length + start) * inner;
-                    v[at..at + len * inner].iter().copied()
-                })
-                .collect()
-        }
-        let elements = match &self.elements {
-            Elements::Float32(v) => Elements::Float32(take(v, rows, length, inner, start, len)),
-            Elements::Float64(v) => Elements::Float64(take(v, rows, length, inner, start, len)),
-            Elements::Float16(v) => Elements::Float16(take(v, rows, length, inner, start, len)),
-            Elements::Bfloat16(v) => Elements::Bfloat16(take(v, rows, length, inner, start, len)),
-            Elements::Int64(v) => Elements::Int64(take(v, rows, length, inner, start, len)),
-            Elements::Int32(v) => Elements::Int32(take(v, rows, length, inner, start, len)),
-            Elements::Uint8(v) => Elements::Uint8(take(v, rows, length, inner, start, len)),
-            Elements::Bool(v) => Elements::Bool(take(v, rows, length, inner, start, len)),
-        };
+        let elements = map_dtype!(&self.elements, v => (0..rows)
+            .flat_map(|row| {
+                let at = (row * length + start) * inner;
+                v[at..at + len * inner].iter().copied()
+            })
+            .collect());
         let mut shape = self.shape;
         shape[1] = len;
         TensorData::new(shape, elements)
