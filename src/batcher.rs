@@ -344,6 +344,14 @@ mod tests {
         TensorData::from_torch(&output)?.ok_or_else(|| Error::internal("test", "dtype"))
     }
 
+    /// What each of the scoped threads returned, in order.
+    fn joined<T>(handles: Vec<std::thread::ScopedJoinHandle<'_, T>>) -> Vec<T> {
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("no panic"))
+            .collect()
+    }
+
     fn row(value: f32) -> Vec<tch::Tensor> {
         vec![tch::Tensor::from_slice(&[value, value + 0.5]).reshape([1, 2])]
     }
@@ -381,10 +389,7 @@ mod tests {
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("no panic"))
-                .collect::<Vec<_>>()
+            joined(handles)
         });
         assert!(sizes.iter().all(|&n| (1..=4).contains(&n)), "{sizes:?}");
         assert!(sizes.iter().any(|&n| n > 1), "no batch formed: {sizes:?}");
@@ -440,10 +445,7 @@ mod tests {
                     s.spawn(move || batcher.run(batcher.enter(), row(value), picky).is_ok())
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("no panic"))
-                .collect::<Vec<_>>()
+            joined(handles)
         });
         assert_eq!(results, vec![true, false, true, true]);
     }
@@ -497,10 +499,7 @@ mod tests {
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("no panic"))
-                .collect::<Vec<_>>()
+            joined(handles)
         });
         assert_eq!(sizes, vec![3; 6], "one batch per length");
     }

@@ -18,7 +18,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::{contain, Error, Result};
+use crate::error::{contain, Error, ErrorKind, Result};
 use crate::limits::Limits;
 use crate::service::{Payload, Request, Response, Service};
 use crate::tensor::{check_fills, Scalar};
@@ -171,8 +171,7 @@ impl Outcome {
             (Ok(response), true) => (200, json_text(&response)),
             (Err(err), true) => (
                 err.kind().http_status(),
-                serde_json::json!({"error": {"type": err.kind().name(), "message": err.public_message()}})
-                    .to_string(),
+                error_body(err.kind().name(), &err.public_message()).to_string(),
             ),
         };
         Ok(Reply::Proxy(proxy_response(self.source, status, body)))
@@ -192,16 +191,21 @@ pub enum Reply {
 fn to_json(response: &Response) -> Value {
     // A Response holds only strings, numbers and lists, so this cannot fail; if it ever did, the
     // caller still gets an error body rather than a panic.
-    serde_json::to_value(response).unwrap_or_else(|err| internal_error_body(&err))
+    serde_json::to_value(response).unwrap_or_else(|err| serialization_failed(&err))
 }
 
 /// [`to_json`] as the text of a proxy response's body, without a `Value` in between.
 fn json_text(response: &Response) -> String {
-    serde_json::to_string(response).unwrap_or_else(|err| internal_error_body(&err).to_string())
+    serde_json::to_string(response).unwrap_or_else(|err| serialization_failed(&err).to_string())
 }
 
-fn internal_error_body(err: &serde_json::Error) -> Value {
-    serde_json::json!({"error": {"type": "InternalError", "message": err.to_string()}})
+fn serialization_failed(err: &serde_json::Error) -> Value {
+    error_body(ErrorKind::InternalError.name(), &err.to_string())
+}
+
+/// The design's error body: `{"error": {"type": ..., "message": ...}}`.
+fn error_body(error_type: &str, message: &str) -> Value {
+    serde_json::json!({"error": {"type": error_type, "message": message}})
 }
 
 fn proxy_response(source: Source, status: u16, body: String) -> Value {
