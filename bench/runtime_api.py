@@ -27,12 +27,20 @@ class RuntimeFailure(Exception):
     """The runtime died, failed its init, or did not answer in time."""
 
 
+def xray_trace_id() -> str:
+    """A fresh trace id in X-Ray's format, as Lambda sends one per invocation (a runtime that
+    stores each in its environment grows with them: see the README's "Limits and errors")."""
+    root, parent = uuid.uuid4().hex[:24], uuid.uuid4().hex[:16]
+    return f"Root=1-{int(time.time()):08x}-{root};Parent={parent};Sampled=0"
+
+
 @dataclass
 class Invocation:
     """One event on its way through the runtime."""
 
     payload: bytes
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    trace_id: str = field(default_factory=xray_trace_id)
     started: float = 0.0  # perf_counter when the runtime got the event
     finished: float = 0.0  # perf_counter when its answer arrived
     answer: bytes = b""
@@ -124,7 +132,7 @@ def _handler_for(api: RuntimeAPI) -> type[http.server.BaseHTTPRequestHandler]:
                 "Lambda-Runtime-Aws-Request-Id": invocation.request_id,
                 "Lambda-Runtime-Deadline-Ms": str(int(time.time() * 1000) + 900_000),
                 "Lambda-Runtime-Invoked-Function-Arn": "arn:aws:lambda:us-east-1:0:function:_",
-                "Lambda-Runtime-Trace-Id": "Root=1-00000000-000000000000000000000000",
+                "Lambda-Runtime-Trace-Id": invocation.trace_id,
             }
             return self.reply(200, invocation.payload, headers)
 
