@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::error::{contain, Error, Result};
 use crate::tensor::TensorData;
 
 /// How a request's rows were run.
@@ -265,12 +265,14 @@ impl Batcher {
 
 /// Runs `jobs` as one forward pass (padded to one length by `padding`, if they differ) and splits
 /// the output by rows; if a batch of several fails, runs each job alone, so that a failure stays
-/// with the request that causes it.
+/// with the request that causes it. A panic counts as a failure: it must not unwind the leader
+/// past the requests waiting on this batch, which would then never be answered.
 fn run_batch(
     jobs: Vec<Job>,
     forward: &impl Fn(&[tch::Tensor]) -> Result<TensorData>,
     padding: Option<&LengthPadding>,
 ) -> Vec<(u64, Result<(TensorData, Batched)>)> {
+    let forward = |inputs: &[tch::Tensor]| contain(|| forward(inputs));
     let started = Instant::now();
     let batch_size: usize = jobs.iter().map(|job| job.rows).sum();
     let batched = |job: &Job, batch_size| Batched {
@@ -281,7 +283,31 @@ fn run_batch(
         let result = forward(&job.inputs).map(|output| (output, batched(job, job.rows)));
         return vec![(job.id, result)];
     }
-    let output = (0..jobs[0].inputs.len())
+    let output = contain(|| run_together(&jobs, &forward, padding));
+    match output {
+        Ok(parts) => jobs
+            .iter()
+            .zip(parts)
+            .map(|(job, part)| (job.id, Ok((part, batched(job, batch_size)))))
+            .collect(),
+        Err(_) => jobs
+            .iter()
+            .map(|job| {
+                let result = forward(&job.inputs).map(|output| (output, batched(job, job.rows)));
+                (job.id, result)
+            })
+            .collect(),
+    }
+}
+
+/// `jobs` as one forward pass: each input padded to the longest of the batch (where `padding`
+/// allows) and concatenated along the batch dimension, the output split back into their rows.
+fn run_together(
+    jobs: &[Job],
+    forward: &impl Fn(&[tch::Tensor]) -> Result<TensorData>,
+    padding: Option<&LengthPadding>,
+) -> Result<Vec<TensorData>> {
+    (0..jobs[0].inputs.len())
         .map(|k| {
             let longest = jobs
                 .iter()
@@ -308,21 +334,7 @@ fn run_batch(
         .and_then(|output| {
             let rows: Vec<usize> = jobs.iter().map(|job| job.rows).collect();
             output.split_rows(&rows)
-        });
-    match output {
-        Ok(parts) => jobs
-            .iter()
-            .zip(parts)
-            .map(|(job, part)| (job.id, Ok((part, batched(job, batch_size)))))
-            .collect(),
-        Err(_) => jobs
-            .iter()
-            .map(|job| {
-                let result = forward(&job.inputs).map(|output| (output, batched(job, job.rows)));
-                (job.id, result)
-            })
-            .collect(),
-    }
+        })
 }
 
 #[cfg(test)]
@@ -448,6 +460,53 @@ mod tests {
             joined(handles)
         });
         assert_eq!(results, vec![true, false, true, true]);
+    }
+
+    #[test]
+    fn a_panic_in_a_shared_pass_fails_only_the_request_that_causes_it() {
+        let batcher = Batcher::new(8, Duration::from_secs(10), 1);
+        // The "model" has a bug that panics on rows holding 13.
+        let buggy = |input: &[tch::Tensor]| -> Result<TensorData> {
+            let output = doubled(input)?;
+            if matches!(&output.elements, Elements::Float32(values) if values.contains(&26.0)) {
+                panic!("a bug met row 13");
+            }
+            Ok(output)
+        };
+        // All announced first, so that the four share the first pass.
+        let tickets: Vec<Ticket<'_>> = (0..4).map(|_| batcher.enter()).collect();
+        let answers = std::thread::scope(|s| {
+            let handles: Vec<_> = tickets
+                .into_iter()
+                .zip([1.0f32, 13.0, 2.0, 3.0])
+                .map(|(ticket, value)| {
+                    let batcher = &batcher;
+                    s.spawn(move || {
+                        let answer = batcher.run(ticket, row(value), buggy);
+                        answer.map(|(output, _)| output.elements)
+                    })
+                })
+                .collect();
+            joined(handles)
+        });
+        for (answer, value) in answers.iter().zip([1.0f32, 13.0, 2.0, 3.0]) {
+            match answer {
+                Ok(elements) => {
+                    assert_eq!(
+                        elements,
+                        &Elements::Float32(vec![2.0 * value, 2.0 * value + 1.0])
+                    )
+                }
+                Err(err) => assert!(
+                    value == 13.0
+                        && matches!(err, Error::Internal { message, .. } if message.contains("row 13")),
+                    "{value}: {err}"
+                ),
+            }
+        }
+        assert!(answers[1].is_err(), "the panic reached its request");
+        // Nothing is left running or queued: the next request is answered.
+        assert!(batcher.run(batcher.enter(), row(4.0), doubled).is_ok());
     }
 
     #[test]
