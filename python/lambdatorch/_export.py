@@ -297,7 +297,15 @@ def _save_aoti(torch: Any, program: Any, staging: Path, cpu: str) -> tuple[int, 
     # The ISA comes from the CPU's flags (and ATEN_CPU_CAPABILITY), not from Inductor's probe
     # (a compile, then a dlopen in a child with a time limit), which can fail on a busy machine
     # and then has Inductor compile scalar code for the rest of the process.
-    configs = {"freezing": True, "aot_inductor.link_libtorch": False, "cpp.vec_isa_ok": True}
+    # Convolution weights are packed for oneDNN at export, not on every call (see _prepack).
+    from ._prepack import PackConvolutionWeights
+
+    configs = {
+        "freezing": True,
+        "aot_inductor.link_libtorch": False,
+        "cpp.vec_isa_ok": True,
+        "post_grad_custom_pre_pass": PackConvolutionWeights(),
+    }
     with _cpu_capability(cpu), _quiet_jit(), torch.no_grad():
         torch._inductor.aoti_compile_and_package(
             program, package_path=str(archive), inductor_configs=configs

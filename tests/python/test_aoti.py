@@ -9,6 +9,7 @@ digest and static batches are also tested from Rust (``tests/aoti.rs``).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 import subprocess
@@ -73,7 +74,7 @@ print(mapped())
 lambdatorch.load({str(AOTI / "models" / "aoti_mlp")!r})
 print(mapped())
 """
-    env = {"PATH": __import__("os").environ["PATH"], "PYTHONPATH": str(SITE)}
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(SITE)}
     out = subprocess.run(
         [sys.executable, "-S", "-c", script], capture_output=True, text=True, env=env, timeout=120
     )
@@ -95,7 +96,7 @@ def handlers(tmp_path_factory):
     root = tmp_path_factory.mktemp("efs") / "models"
     shutil.copytree(AOTI / "models", root)
     env = {
-        "PATH": __import__("os").environ["PATH"],
+        "PATH": os.environ["PATH"],
         "LAMBDATORCH_MODELS": str(root),
         "LAMBDATORCH_DEFAULT_MODEL": "aoti_tiny",
         "LAMBDATORCH_PRELOAD": "aoti_tiny",
@@ -299,6 +300,92 @@ def test_export_format_aoti_compiles_for_avx2_and_checks_parity(lt, tmp_path):
     assert np.max(np.abs(model.forward(x.numpy()) - want)) <= TOLERANCE
     with pytest.raises(lt.InvalidInput, match="cpu must be one of"):
         lt.export(module, example, tmp_path / "x", format="aoti", cpu="avx3")
+
+
+#: Runs a package's forward twice in a fresh ``python -S`` and prints the second call's oneDNN
+#: primitives (``ONEDNN_VERBOSE``) after a marker, then the output as JSON.
+WARM_CALL = """
+import json, sys
+import numpy as np
+import lambdatorch
+model = lambdatorch.load(sys.argv[1])
+x = np.load(sys.argv[2])
+model.forward(x)
+print("=== warm", flush=True)
+print(json.dumps(model.forward(x).tolist()), flush=True)
+"""
+
+
+def warm_call(
+    model_dir: Path, x: np.ndarray, tmp_path: Path, **env: str
+) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """oneDNN's primitives in a warm forward of ``model_dir`` on ``x`` (kind and problem, e.g.
+    ``("reorder", "32x8x1x1")``), and the output."""
+    from handler_harness import SITE
+
+    np.save(tmp_path / "x.npy", x)
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", WARM_CALL, str(model_dir), str(tmp_path / "x.npy")],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(SITE), "ONEDNN_VERBOSE": "1", **env},
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    warm = out.stdout.split("=== warm\n", 1)[1].splitlines()
+    fields = [line.split(",") for line in warm if line.startswith("onednn_verbose,v1,primitive")]
+    return [(f[5], f[-2]) for f in fields], np.array(json.loads(warm[-1]), np.float32)
+
+
+def test_export_packs_convolution_weights_once_with_a_dynamic_batch(lt, tmp_path):
+    """With a dynamic batch, Inductor leaves convolution weights plain and oneDNN reorders each
+    on every call; export packs them for a batch of one (``_prepack``): a warm call of one input
+    runs convolutions and no reorder, larger batches reorder at most the weights of 1x1
+    convolutions on pooled inputs, and every batch gets PyTorch's answers, also on a CPU that
+    wants other layouts (oneDNN held to AVX2, which reorders the packed weights)."""
+    import torch
+
+    class Block(torch.nn.Module):
+        """A residual convolution scaled by channel attention: freezing leaves the attention's
+        weights in their submodule (a dotted name), and the residual add is fused."""
+
+        def __init__(self, channels: int) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(channels, channels, 3, padding=1)
+            self.scale = torch.nn.Sequential(
+                torch.nn.Conv2d(channels, 8, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, channels, 1)
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (self.conv(x) + x) * self.scale(x.mean((2, 3), keepdim=True))
+
+    torch.manual_seed(2)
+    conv = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 32, 3, padding=1),
+        torch.nn.BatchNorm2d(32),
+        torch.nn.ReLU(),
+        Block(32),
+        torch.nn.Conv2d(32, 64, 3, stride=2, padding=1, groups=4),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 5),
+    ).eval()
+    out = lt.export(conv, torch.randn(1, 3, 32, 32), tmp_path, name="conv", format="aoti")
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            want = conv(x).numpy()
+        primitives, got = warm_call(out, x.numpy(), tmp_path)
+        assert [kind for kind, _ in primitives].count("convolution") == 5, primitives
+        reordered = [weight for kind, weight in primitives if kind == "reorder"]
+        if batch == 1:
+            assert not reordered, primitives
+        else:  # oneDNN may want another layout for a 1x1 convolution on a pooled input
+            assert all(weight.endswith("x1x1") for weight in reordered), primitives
+        assert np.max(np.abs(got - want)) <= TOLERANCE
+        primitives, got = warm_call(out, x.numpy(), tmp_path, ONEDNN_MAX_CPU_ISA="AVX2")
+        assert [kind for kind, _ in primitives].count("convolution") == 5, primitives
+        assert np.max(np.abs(got - want)) <= TOLERANCE
 
 
 def test_export_refuses_a_package_inductor_compiled_without_the_isa(lt, tmp_path, monkeypatch):
