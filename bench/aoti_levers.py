@@ -6,7 +6,8 @@ benchmark's engine probe (``aoti.py``: a fresh ``python -S`` seeing only the EFS
 package and on the TorchScript export, in rounds with the order rotated, under each OpenMP
 environment below. Prints, and writes ``target/aoti-levers.json``: per variant the median over
 rounds of its batch-1 (and batch-8) time relative to TorchScript's in the same round and
-environment. Settings that help belong in ``lambdatorch export --format aoti``.
+environment. Settings that help belong in ``lambdatorch export --format aoti``: ``packed`` (the
+dynamic package with its convolution weights packed at export) is what it compiles now.
 """
 
 from __future__ import annotations
@@ -27,13 +28,19 @@ from .tree import build
 
 LEVERS = CACHE / "levers"
 BASE = {"freezing": True, "aot_inductor.link_libtorch": False}
-#: name -> (inductor configs, static batch size or None for the dynamic batch dimension)
-VARIANTS: dict[str, tuple[dict[str, Any], int | None]] = {
-    "dynamic": (BASE, None),
-    "static-1": (BASE, 1),
-    "no-freezing": ({"aot_inductor.link_libtorch": False}, None),
-    "no-prepack": ({**BASE, "cpp.weight_prepack": False}, None),
-    "no-layout-opt": ({**BASE, "layout_optimization": False}, None),
+#: Stands for ``_prepack.PackConvolutionWeights()`` (what ``lambdatorch export`` adds), made at
+#: compile time: it imports Python torch.
+PACK = "lambdatorch._prepack"
+#: name -> (inductor configs, static batch size or None for the dynamic batch dimension, the
+#: batch size the export traces with: Inductor's size hint for the dynamic dimension)
+VARIANTS: dict[str, tuple[dict[str, Any], int | None, int]] = {
+    "dynamic": (BASE, None, 2),
+    "hint-8": (BASE, None, 8),
+    "packed": ({**BASE, "post_grad_custom_pre_pass": PACK}, None, 2),
+    "static-1": (BASE, 1, 1),
+    "no-freezing": ({"aot_inductor.link_libtorch": False}, None, 2),
+    "no-prepack": ({**BASE, "cpp.weight_prepack": False}, None, 2),
+    "no-layout-opt": ({**BASE, "layout_optimization": False}, None, 2),
 }
 ENVIRONMENTS: dict[str, dict[str, str]] = {
     "default": {},
@@ -51,7 +58,11 @@ def compile_variant(name: str, reference: Path) -> Path:
 
     from scripts.make_fixtures import calibrate_batch_norm
 
-    configs, static = VARIANTS[name]
+    configs, static, hint = VARIANTS[name]
+    if configs.get("post_grad_custom_pre_pass") == PACK:
+        from lambdatorch._prepack import PackConvolutionWeights
+
+        configs = {**configs, "post_grad_custom_pre_pass": PackConvolutionWeights()}
     key = f"{name}-torch{torch.__version__}"
     out = LEVERS / key
     if (out / "manifest.json").is_file():
@@ -65,7 +76,7 @@ def compile_variant(name: str, reference: Path) -> Path:
         program = torch.export.export(module, (torch.randn(static, 3, 224, 224),))
     else:
         batch = torch.export.Dim("batch", min=1, max=1024)
-        example = (torch.randn(2, 3, 224, 224),)
+        example = (torch.randn(hint, 3, 224, 224),)
         program = torch.export.export(module, example, dynamic_shapes=({0: batch},))
     print(f"bench aoti_levers: compiling {name}", flush=True)
     os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
@@ -106,7 +117,7 @@ def main() -> int:
             names = list(dirs)
             shift = round_ % len(names)
             for name in names[shift:] + names[:shift]:
-                static = VARIANTS.get(name, ({}, None))[1]
+                static = VARIANTS.get(name, ({}, None, 0))[1]
                 run_plan = Plan(plan.rounds, plan.batch1, 0 if static else plan.batch8)
                 result = engine(tree, dirs[name], run_plan, ENVIRONMENTS[env_name])
                 figures.setdefault(env_name, {}).setdefault(name, []).append(result)
