@@ -90,10 +90,10 @@ def settings(model: str, fmt: str) -> dict[str, Any]:
     """Everything the exported model depends on: the cache key's contents (the export code itself
     by digest, so a changed setting or lever there is a new key)."""
     import torch
-    from lambdatorch import _aoti, _export, _prepack
+    from lambdatorch import _aoti, _export, _export_prepack
 
     code = hashlib.sha256()
-    for module in (_export, _aoti, _prepack):
+    for module in (_export, _aoti, _export_prepack):
         code.update(Path(str(module.__file__)).read_bytes())
     return {
         "recipe": RECIPE,

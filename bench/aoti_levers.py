@@ -28,9 +28,9 @@ from .tree import build
 
 LEVERS = CACHE / "levers"
 BASE = {"freezing": True, "aot_inductor.link_libtorch": False}
-#: Stands for ``_prepack.PackConvolutionWeights()`` (what ``lambdatorch export`` adds), made at
-#: compile time: it imports Python torch.
-PACK = "lambdatorch._prepack"
+#: Stands for ``_export_prepack.PackConvolutionWeights()`` (what ``lambdatorch export`` adds),
+#: made at compile time: it imports Python torch.
+PACK = "lambdatorch._export_prepack"
 #: name -> (inductor configs, static batch size or None for the dynamic batch dimension, the
 #: batch size the export traces with: Inductor's size hint for the dynamic dimension)
 VARIANTS: dict[str, tuple[dict[str, Any], int | None, int]] = {
@@ -60,7 +60,7 @@ def compile_variant(name: str, reference: Path) -> Path:
 
     configs, static, hint = VARIANTS[name]
     if configs.get("post_grad_custom_pre_pass") == PACK:
-        from lambdatorch._prepack import PackConvolutionWeights
+        from lambdatorch._export_prepack import PackConvolutionWeights
 
         configs = {**configs, "post_grad_custom_pre_pass": PackConvolutionWeights()}
     key = f"{name}-torch{torch.__version__}"

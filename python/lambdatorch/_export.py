@@ -297,8 +297,8 @@ def _save_aoti(torch: Any, program: Any, staging: Path, cpu: str) -> tuple[int, 
     # The ISA comes from the CPU's flags (and ATEN_CPU_CAPABILITY), not from Inductor's probe
     # (a compile, then a dlopen in a child with a time limit), which can fail on a busy machine
     # and then has Inductor compile scalar code for the rest of the process.
-    # Convolution weights are packed for oneDNN at export, not on every call (see _prepack).
-    from ._prepack import PackConvolutionWeights
+    # Convolution weights are packed for oneDNN at export, not on every call (see _export_prepack).
+    from ._export_prepack import PackConvolutionWeights
 
     configs = {
         "freezing": True,

@@ -339,8 +339,8 @@ def warm_call(
 
 def test_export_packs_convolution_weights_once_with_a_dynamic_batch(lt, tmp_path):
     """With a dynamic batch, Inductor leaves convolution weights plain and oneDNN reorders each
-    on every call; export packs them for a batch of one (``_prepack``): a warm call of one input
-    runs convolutions and no reorder, larger batches reorder at most the weights of 1x1
+    on every call; export packs them for a batch of one (``_export_prepack``): a warm call of one
+    input runs convolutions and no reorder, larger batches reorder at most the weights of 1x1
     convolutions on pooled inputs, and every batch gets PyTorch's answers, also on a CPU that
     wants other layouts (oneDNN held to AVX2, which reorders the packed weights)."""
     import torch
